@@ -1,0 +1,57 @@
+"""The one place settings come from: environment variables prefixed FLYWHEEL_."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".flywheel")
+API_PREFIX = "/api/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore")
+
+    home: Path = Field(
+        default=DEFAULT_HOME,
+        description="Directory for embedded-mode state: the SQLite database and artifacts.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL. Empty means an embedded SQLite file under `home`.",
+    )
+    artifact_root: Path | None = Field(
+        default=None, description="Local directory of the artifact store. Default: home/artifacts."
+    )
+    broker_url: str = Field(
+        default="memory://", description="Celery broker URL; memory:// runs in-process."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64)
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3, ge=1, description="Largest dataset or artifact upload accepted."
+    )
+    max_metrics_per_batch: int = Field(default=10_000, ge=1)
+    token_last_used_resolution_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="Rewrite a token's last-used time at most this often, so reads stay reads.",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'flywheel.db').resolve()}"
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        root = self.artifact_root if self.artifact_root is not None else self.home / "artifacts"
+        return root.resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,25 @@
+"""Request-scoped dependencies shared by every domain's router."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.db import unit_of_work
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """The request owns the transaction; it commits after the handler, before the response."""
+    with unit_of_work(request.app.state.session_factory) as session:
+        yield session
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
+AppSettings = Annotated[Settings, Depends(get_app_settings)]

@@ -1,0 +1,142 @@
+"""One error hierarchy and one JSON shape for every failure: {"error": {code, message, details}}."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: Any = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(AppError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(AppError):
+    status_code = 422
+    code = "invalid"
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    code = "unavailable"
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """The shape of every error the API returns."""
+
+    error: ErrorBody
+
+
+def error_response(
+    status_code: int, code: str, message: str, details: Any = None, headers: Any = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(status_code=status_code, content=body, headers=headers)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(f".{item}" if parts else str(item))
+    return "".join(parts)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        details.append({"loc": list(loc), "field": _location(loc), "message": err.get("msg", "")})
+    return details
+
+
+async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
+
+
+async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = _validation_details(exc)
+    first = details[0] if details else {"field": "request", "message": "invalid"}
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    message = f"{first['field']}: {first['message']}{more}"
+    return error_response(422, "validation_error", message, details)
+
+
+async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+    code = codes.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    logger.error("database unavailable: %s", exc)
+    return error_response(503, "database_unavailable", "the database is not reachable; retry")
+
+
+async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(Exception, _unhandled)

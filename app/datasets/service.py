@@ -1,0 +1,116 @@
+"""Datasets and their immutable, content-addressed versions with a reference profile."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.core.artifacts import ArtifactStore, StoredObject
+from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.pagination import PageParams, keyset_page
+from app.datasets.models import Dataset, DatasetVersion
+from app.datasets.schemas import DatasetCreate
+from app.ml.profile import infer_schema, profile_frame
+from app.ml.tabular import TableFormatError, detect_format, read_table
+
+
+def create_dataset(session: Session, data: DatasetCreate) -> Dataset:
+    if session.scalar(select(Dataset.id).where(Dataset.name == data.name)) is not None:
+        raise Conflict(f"a dataset named {data.name!r} already exists")
+    dataset = Dataset(name=data.name, description=data.description)
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def get_dataset_or_raise(session: Session, name: str) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFound(f"dataset {name!r} does not exist; create it with POST /api/v1/datasets")
+    return dataset
+
+
+def list_datasets(session: Session, page: PageParams) -> tuple[Sequence[Dataset], str | None]:
+    return keyset_page(session, select(Dataset), Dataset.id, page)
+
+
+def list_versions(
+    session: Session, name: str, page: PageParams
+) -> tuple[Sequence[DatasetVersion], str | None]:
+    dataset = get_dataset_or_raise(session, name)
+    stmt = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
+    return keyset_page(session, stmt, DatasetVersion.id, page)
+
+
+def get_version_or_raise(session: Session, name: str, version: int) -> DatasetVersion:
+    dataset = get_dataset_or_raise(session, name)
+    found = session.scalar(
+        select(DatasetVersion).where(
+            DatasetVersion.dataset_id == dataset.id, DatasetVersion.version == version
+        )
+    )
+    if found is None:
+        raise NotFound(f"dataset {name!r} has no version {version}")
+    return found
+
+
+def add_version(
+    session: Session,
+    store: ArtifactStore,
+    name: str,
+    stored: StoredObject,
+    *,
+    filename: str | None = None,
+    source_uri: str | None = None,
+) -> tuple[DatasetVersion, bool]:
+    """Register stored bytes as a version; identical content returns the existing version."""
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name).with_for_update())
+    if dataset is None:
+        raise NotFound(f"dataset {name!r} does not exist; create it with POST /api/v1/datasets")
+    existing = session.scalar(
+        select(DatasetVersion).where(
+            DatasetVersion.dataset_id == dataset.id, DatasetVersion.digest == stored.digest
+        )
+    )
+    if existing is not None:
+        return existing, False
+    path = store.path_for_digest(stored.digest)
+    if stored.size_bytes == 0:
+        raise Unprocessable("the file is empty; upload a CSV with a header row or a Parquet file")
+    fmt = detect_format(path, filename)
+    try:
+        frame = read_table(path, fmt)
+    except TableFormatError as exc:
+        raise Unprocessable(
+            f"could not read the {fmt} file: {exc}", code="malformed_dataset"
+        ) from exc
+    number = (
+        session.scalar(
+            select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == dataset.id)
+        )
+        or 0
+    ) + 1
+    version = DatasetVersion(
+        dataset_id=dataset.id,
+        version=number,
+        digest=stored.digest,
+        format=fmt,
+        uri=stored.uri,
+        source_uri=source_uri,
+        size_bytes=stored.size_bytes,
+        rows=len(frame),
+        schema={"columns": infer_schema(frame)},
+        profile=profile_frame(frame),
+    )
+    session.add(version)
+    session.flush()
+    return version, True
+
+
+def store_from_uri(store: ArtifactStore, uri: str, *, max_bytes: int) -> tuple[StoredObject, str]:
+    """Take a file already on the artifact store (a path relative to its root)."""
+    path = store.resolve(uri)
+    if not path.is_file():
+        raise Unprocessable(f"uri {uri!r} does not name a file on the artifact store")
+    return store.put_file(Path(path), max_bytes=max_bytes), path.name

@@ -1,0 +1,46 @@
+"""The app factory: routers, error handlers, middleware. Settings and sessions are injected."""
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth.router import router as auth_router
+from app.core.artifacts import ArtifactStore
+from app.core.config import Settings, get_settings
+from app.core.db import create_db_engine, create_session_factory
+from app.core.errors import install_error_handlers
+from app.core.observability import PrometheusMiddleware
+from app.datasets.router import router as datasets_router
+from app.health.router import router as health_router
+from app.tracking.router import experiments as experiments_router
+from app.tracking.router import runs as runs_router
+
+
+def operation_id(route: APIRoute) -> str:
+    """Stable operationIds (`create_run`, `search_runs`) so generated SDKs read well."""
+    return route.name
+
+
+def create_app(
+    settings: Settings | None = None, session_factory: sessionmaker[Session] | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    if session_factory is None:
+        session_factory = create_session_factory(create_db_engine(settings.resolved_database_url))
+    app = FastAPI(
+        title="Flywheel",
+        version="0.1.0",
+        summary="An MLOps control plane: track, register, deploy, monitor and retrain models.",
+        generate_unique_id_function=operation_id,
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.artifacts = ArtifactStore(settings.resolved_artifact_root)
+    app.state.artifacts.ensure()
+
+    install_error_handlers(app)
+    app.add_middleware(PrometheusMiddleware)
+
+    for router in (health_router, auth_router, experiments_router, runs_router, datasets_router):
+        app.include_router(router)
+    return app

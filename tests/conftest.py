@@ -1,0 +1,105 @@
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth import service as auth_service
+from app.core.config import Settings
+from app.core.db import create_db_engine, create_session_factory
+from app.core.migrate import upgrade
+from app.core.security import Role
+from app.main import create_app
+from tests.dbutil import is_postgres_url, provide_database
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with provide_database(tmp_path_factory.mktemp("db")) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def on_postgres(database_url: str) -> bool:
+    return is_postgres_url(database_url)
+
+
+@pytest.fixture
+def requires_postgres(database_url: str) -> None:
+    if not is_postgres_url(database_url):
+        pytest.skip("needs PostgreSQL; CI runs it there")
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    """One outer transaction per test, rolled back at the end: tests never see each other."""
+    with engine.connect() as conn:
+        outer = conn.begin()
+        yield conn
+        if outer.is_active:
+            outer.rollback()
+
+
+@pytest.fixture
+def session_factory(connection: Connection) -> sessionmaker[Session]:
+    return create_session_factory(connection, join_transaction_mode="create_savepoint")
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as s:
+        yield s
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        home=tmp_path / "home", database_url=database_url, artifact_root=tmp_path / "artifacts"
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, session_factory: sessionmaker[Session]) -> FastAPI:
+    return create_app(settings, session_factory=session_factory)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def tokens(session_factory: sessionmaker[Session]) -> dict[Role, str]:
+    secrets = {}
+    with session_factory() as s:
+        for role in Role:
+            _, secrets[role] = auth_service.create_token(s, name=f"test-{role.value}", role=role)
+        s.commit()
+    return secrets
+
+
+@pytest.fixture
+def auth(tokens: dict[Role, str]) -> Callable[[Role], dict[str, str]]:
+    def headers(role: Role = Role.admin) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens[role]}"}
+
+    return headers
+
+
+@pytest.fixture
+def api(client: TestClient, auth: Callable[[Role], dict[str, str]]) -> TestClient:
+    """A client that sends an admin token unless a test passes other headers."""
+    client.headers.update(auth(Role.admin))
+    return client
