@@ -2,7 +2,18 @@
 
 from app.auth import models as auth_models
 from app.core.db import Base
+from app.core.outbox import OutboxMessage
 from app.datasets import models as dataset_models
+from app.events import models as event_models
+from app.registry import models as registry_models
 from app.tracking import models as tracking_models
 
-__all__ = ["Base", "auth_models", "dataset_models", "tracking_models"]
+__all__ = [
+    "Base",
+    "OutboxMessage",
+    "auth_models",
+    "dataset_models",
+    "event_models",
+    "registry_models",
+    "tracking_models",
+]

@@ -6,12 +6,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.router import router as auth_router
 from app.core.artifacts import ArtifactStore
+from app.core.broker import get_celery
 from app.core.config import Settings, get_settings
 from app.core.db import create_db_engine, create_session_factory
+from app.core.dispatch import Dispatcher, celery_publisher
 from app.core.errors import install_error_handlers
 from app.core.observability import PrometheusMiddleware
+from app.core.outbox import Publish
 from app.datasets.router import router as datasets_router
 from app.health.router import router as health_router
+from app.registry.router import router as registry_router
 from app.tracking.router import experiments as experiments_router
 from app.tracking.router import runs as runs_router
 
@@ -22,8 +26,11 @@ def operation_id(route: APIRoute) -> str:
 
 
 def create_app(
-    settings: Settings | None = None, session_factory: sessionmaker[Session] | None = None
+    settings: Settings | None = None,
+    session_factory: sessionmaker[Session] | None = None,
+    publish: Publish | None = None,
 ) -> FastAPI:
+    """`publish` hands outbox jobs to a transport; Celery on the configured broker by default."""
     settings = settings or get_settings()
     if session_factory is None:
         session_factory = create_session_factory(create_db_engine(settings.resolved_database_url))
@@ -37,10 +44,21 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.artifacts = ArtifactStore(settings.resolved_artifact_root)
     app.state.artifacts.ensure()
+    app.state.dispatcher = Dispatcher(
+        session_factory, publish or celery_publisher(get_celery(settings))
+    )
 
     install_error_handlers(app)
     app.add_middleware(PrometheusMiddleware)
 
-    for router in (health_router, auth_router, experiments_router, runs_router, datasets_router):
+    routers = (
+        health_router,
+        auth_router,
+        experiments_router,
+        runs_router,
+        datasets_router,
+        registry_router,
+    )
+    for router in routers:
         app.include_router(router)
     return app

@@ -7,10 +7,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.all_jobs import load_jobs
 from app.auth import service as auth_service
+from app.core.artifacts import ArtifactStore
 from app.core.config import Settings
 from app.core.db import create_db_engine, create_session_factory
+from app.core.dispatch import Dispatcher
+from app.core.jobs import JobContext, run_job
 from app.core.migrate import upgrade
+from app.core.outbox import OutboxMessage
 from app.core.security import Role
 from app.main import create_app
 from tests.dbutil import is_postgres_url, provide_database
@@ -69,9 +74,43 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     )
 
 
+class InlineJobs:
+    """A transport that keeps published jobs in a list and runs them when a test says so.
+
+    The jobs run the same registered handlers, in their own unit of work, as a worker would.
+    """
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.queue: list[OutboxMessage] = []
+        self.done: list[str] = []
+
+    def publish(self, message: OutboxMessage) -> None:
+        self.queue.append(message)
+
+    def run(self) -> list[str]:
+        load_jobs()
+        ran = []
+        while self.queue:
+            message = self.queue.pop(0)
+            run_job(self.ctx, message.task, message.payload)
+            ran.append(message.task)
+            Dispatcher(self.ctx.session_factory, self.publish).relay_once()
+        self.done.extend(ran)
+        return ran
+
+
 @pytest.fixture
-def app(settings: Settings, session_factory: sessionmaker[Session]) -> FastAPI:
-    return create_app(settings, session_factory=session_factory)
+def jobs(settings: Settings, session_factory: sessionmaker[Session]) -> InlineJobs:
+    store = ArtifactStore(settings.resolved_artifact_root)
+    return InlineJobs(
+        JobContext(settings=settings, artifacts=store, session_factory=session_factory)
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, session_factory: sessionmaker[Session], jobs: InlineJobs) -> FastAPI:
+    return create_app(settings, session_factory=session_factory, publish=jobs.publish)
 
 
 @pytest.fixture

@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     broker_url: str = Field(
         default="memory://", description="Celery broker URL; memory:// runs in-process."
     )
+    broker_visibility_timeout: int = Field(
+        default=7200,
+        ge=10,
+        description="Seconds before Redis redelivers an unacknowledged job; longer than any task.",
+    )
+    image_builder: str = Field(
+        default="", description="Container builder command (docker, podman) for serving images."
+    )
+    image_registry: str = Field(
+        default="", description="Registry prefix serving images are pushed to, e.g. ghcr.io/acme."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64)

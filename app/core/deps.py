@@ -8,12 +8,16 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.db import unit_of_work
+from app.core.outbox import PENDING_IDS_KEY
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """The request owns the transaction; it commits after the handler, before the response."""
     with unit_of_work(request.app.state.session_factory) as session:
         yield session
+    pending = session.info.pop(PENDING_IDS_KEY, None)
+    if pending:
+        request.app.state.dispatcher.kick(pending)
 
 
 def get_app_settings(request: Request) -> Settings:

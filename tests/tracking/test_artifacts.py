@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.live import live_server
 from tests.tracking.test_experiments_and_runs import make_experiment, make_run
 
 
@@ -76,18 +77,8 @@ def test_raw_dotdot_over_a_real_socket_is_refused(
     api: TestClient, run_id: int, tmp_path: Path
 ) -> None:
     """Clients normalise '..' away; send the raw request line to check the server itself."""
-    import threading
-
-    import uvicorn
-
-    config = uvicorn.Config(api.app, host="127.0.0.1", port=0, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        pass
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    with live_server(api.app) as url:
+        port = int(url.rsplit(":", 1)[1])
         token = api.headers["Authorization"]
         request = (
             f"GET /api/v1/runs/{run_id}/artifacts/../../../../etc/passwd HTTP/1.1\r\n"
@@ -101,9 +92,6 @@ def test_raw_dotdot_over_a_real_socket_is_refused(
         status_line = reply.split(b"\r\n", 1)[0]
         assert b" 422 " in status_line or b" 404 " in status_line, status_line
         assert b"root:" not in reply
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
 
 
 def test_missing_artifact_and_run(api: TestClient, run_id: int) -> None:

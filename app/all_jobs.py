@@ -1,0 +1,9 @@
+"""Imports every domain's jobs so the registry is complete (workers, embedded mode, tests)."""
+
+from app.core.jobs import JOBS, JobSpec
+
+
+def load_jobs() -> dict[str, JobSpec]:
+    from app.registry import jobs as registry_jobs  # noqa: F401
+
+    return JOBS

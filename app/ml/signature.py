@@ -1,0 +1,95 @@
+"""Model signatures: the input columns (name, type, order, nullability) and the output kind.
+
+A signature is a plain dict so it can be stored as JSON and shipped in serving bundles:
+{"inputs": [{"name", "type", "nullable"}], "output": {"kind": "classification" | "regression",
+"classes": [...]}}.
+"""
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+Verdict = Literal["identical", "compatible", "breaking"]
+NUMERIC = {"integer", "float"}
+
+
+def output_of(model: Any) -> dict[str, Any]:
+    classes = getattr(model, "classes_", None)
+    if classes is not None and hasattr(model, "predict"):
+        return {
+            "kind": "classification",
+            "classes": [c.item() if hasattr(c, "item") else c for c in classes],
+            "probabilities": hasattr(model, "predict_proba"),
+        }
+    return {"kind": "regression"}
+
+
+def from_schema(
+    columns: Sequence[dict[str, Any]], *, exclude: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Input columns from a dataset version's schema, without the target (and any excluded)."""
+    return [
+        {"name": c["name"], "type": c["type"], "nullable": bool(c.get("nullable", False))}
+        for c in columns
+        if c["name"] not in exclude
+    ]
+
+
+def from_model(model: Any) -> list[dict[str, Any]] | None:
+    """A fallback when no training data is linked: the names the estimator was fitted on."""
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return None
+    return [{"name": str(n), "type": "float", "nullable": False} for n in names]
+
+
+def missing_features(model: Any, inputs: Sequence[dict[str, Any]]) -> list[str]:
+    """Columns the fitted model expects that the signature does not provide."""
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return []
+    provided = {c["name"] for c in inputs}
+    return [str(n) for n in names if str(n) not in provided]
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """How a new signature relates to the current one: identical, compatible or breaking."""
+    changes: list[dict[str, Any]] = []
+    breaking = False
+    old_cols = {c["name"]: c for c in old["inputs"]}
+    new_cols = {c["name"]: c for c in new["inputs"]}
+    for name, col in old_cols.items():
+        if name not in new_cols:
+            changes.append({"column": name, "change": "removed"})
+            breaking = True
+            continue
+        other = new_cols[name]
+        if other["type"] != col["type"]:
+            widened = col["type"] == "integer" and other["type"] == "float"
+            changes.append(
+                {"column": name, "change": "type", "from": col["type"], "to": other["type"]}
+            )
+            breaking = breaking or not widened
+        if col["nullable"] and not other["nullable"]:
+            changes.append({"column": name, "change": "now required"})
+            breaking = True
+        elif not col["nullable"] and other["nullable"]:
+            changes.append({"column": name, "change": "now optional"})
+    for name, col in new_cols.items():
+        if name not in old_cols:
+            changes.append({"column": name, "change": "added", "optional": col["nullable"]})
+            breaking = breaking or not col["nullable"]
+    if [c["name"] for c in old["inputs"]] != [c["name"] for c in new["inputs"]] and not changes:
+        changes.append({"change": "column order"})
+    old_out, new_out = old.get("output", {}), new.get("output", {})
+    if old_out.get("kind") != new_out.get("kind"):
+        changes.append(
+            {"change": "output kind", "from": old_out.get("kind"), "to": new_out.get("kind")}
+        )
+        breaking = True
+    elif old_out.get("classes") != new_out.get("classes"):
+        changes.append(
+            {"change": "classes", "from": old_out.get("classes"), "to": new_out.get("classes")}
+        )
+        breaking = True
+    verdict: Verdict = "breaking" if breaking else ("compatible" if changes else "identical")
+    return {"verdict": verdict, "changes": changes}

@@ -1,0 +1,55 @@
+import pandas as pd
+import pytest
+
+from app.ml.serving_contract import InputError, frame_from_payload
+
+SIGNATURE = {
+    "inputs": [
+        {"name": "age", "type": "integer", "nullable": False},
+        {"name": "income", "type": "float", "nullable": True},
+        {"name": "city", "type": "string", "nullable": False},
+        {"name": "vip", "type": "boolean", "nullable": True},
+    ],
+    "output": {"kind": "classification", "classes": [0, 1]},
+}
+
+
+def test_rows_and_dataframe_split_give_the_same_frame() -> None:
+    rows = {
+        "rows": [
+            {"city": "Nice", "age": 30, "income": 1.5, "vip": True},
+            {"age": 40, "city": "Lyon"},
+        ]
+    }
+    split = {
+        "dataframe_split": {
+            "columns": ["age", "income", "city", "vip"],
+            "data": [[30, 1.5, "Nice", True], [40, None, "Lyon", None]],
+        }
+    }
+    a, b = frame_from_payload(rows, SIGNATURE), frame_from_payload(split, SIGNATURE)
+    assert list(a.columns) == ["age", "income", "city", "vip"]
+    pd.testing.assert_frame_equal(a, b)
+    assert a["age"].dtype.kind == "i" and a["income"].dtype.kind == "f"
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"rows": [{"age": "x", "city": "a"}]}, "column 'age' expects integer"),
+        ({"rows": [{"age": 1.5, "city": "a"}]}, "column 'age' expects integer"),
+        ({"rows": [{"age": 1, "city": 3}]}, "column 'city' expects string"),
+        ({"rows": [{"age": 1}]}, "missing required column 'city'"),
+        ({"rows": [{"age": 1, "city": "a", "zip": 1}]}, "unknown column(s) ['zip']"),
+        ({"rows": [{"age": 1, "city": "a"}, {"age": None, "city": "b"}]}, "row 1 has no value"),
+        ({"rows": []}, "at least one row"),
+        ({"rows": "nope"}, "list of objects"),
+        ([1, 2], "JSON object"),
+        ({"dataframe_split": {"columns": ["age"], "data": [[1, 2]]}}, "has 2 values for 1 columns"),
+        ({"rows": [{"age": 1, "city": "a", "vip": "yes"}]}, "column 'vip' expects boolean"),
+    ],
+)
+def test_bad_input_names_the_problem(payload: object, fragment: str) -> None:
+    with pytest.raises(InputError) as caught:
+        frame_from_payload(payload, SIGNATURE)
+    assert fragment in caught.value.message

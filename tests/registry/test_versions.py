@@ -1,0 +1,230 @@
+import pickle
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.security import Role
+from tests.conftest import InlineJobs
+from tests.registry.helpers import FEATURES, Registry, churn_frame, fit_pipeline, skops_bytes
+
+
+@pytest.fixture
+def registry(api: TestClient, tmp_path: Path) -> Registry:
+    return Registry(api, tmp_path)
+
+
+def test_version_goes_pending_then_ready_with_signature_sample_and_metrics(
+    api: TestClient, registry: Registry, jobs: InlineJobs
+) -> None:
+    frame = churn_frame()
+    dataset = registry.dataset_version(frame)
+    created = registry.register("churn", fit_pipeline(frame), dataset["id"], description="first")
+    assert created["status"] == "pending" and created["version"] == 1
+    assert created["artifact_types"] and "sklearn.pipeline.Pipeline" in created["artifact_types"]
+
+    assert jobs.run() == ["registry.finalize_version"]
+    version = api.get("/api/v1/models/churn/versions/1").json()
+    assert version["status"] == "ready", version["status_message"]
+    assert version["model_class"] == "sklearn.pipeline.Pipeline"
+    assert version["signature"]["inputs"] == [
+        {"name": "age", "type": "integer", "nullable": False},
+        {"name": "income", "type": "float", "nullable": False},
+        {"name": "city", "type": "string", "nullable": False},
+    ]
+    assert version["signature"]["output"]["kind"] == "classification"
+    assert version["signature"]["output"]["classes"] == [0, 1]
+    assert version["metrics"] == {"auc": 0.87}
+    assert version["compatibility"]["verdict"] == "no_champion"
+    assert version["dataset_version_id"] == dataset["id"]
+
+    events = api.get("/api/v1/models/churn/versions/1").json()
+    assert events["created_by"] == "test-admin"
+
+
+def test_background_sample_is_seeded_and_predictable(
+    api: TestClient, registry: Registry, jobs: InlineJobs, session
+) -> None:
+    from app.registry.models import ModelVersion
+
+    frame = churn_frame()
+    dataset = registry.dataset_version(frame)
+    created = registry.register("churn", fit_pipeline(frame), dataset["id"])
+    jobs.run()
+    version = session.get(ModelVersion, created["id"])
+    sample = version.background_sample
+    assert sample["columns"] == FEATURES and len(sample["rows"]) == 100 and sample["seed"] == 0
+    expected = frame.sample(n=100, random_state=0)[FEATURES].to_numpy().tolist()
+    assert [row[2] for row in sample["rows"]] == [row[2] for row in expected]
+
+
+def test_numbering_is_sequential_per_model(
+    api: TestClient, registry: Registry, jobs: InlineJobs
+) -> None:
+    frame = churn_frame()
+    model = fit_pipeline(frame)
+    numbers = [
+        registry.register("a", model, None, signature={"inputs": _inputs()})["version"]
+        for _ in range(3)
+    ]
+    other = registry.register("b", model, None, signature={"inputs": _inputs()})["version"]
+    assert numbers == [1, 2, 3] and other == 1
+    jobs.run()
+    listed = api.get("/api/v1/models/a/versions").json()["items"]
+    assert [v["version"] for v in listed] == [1, 2, 3]
+    assert all(v["status"] == "ready" for v in listed)
+    assert api.get("/api/v1/models/a").json()["latest_version"] == 3
+
+
+def _inputs() -> list[dict[str, object]]:
+    return [
+        {"name": "age", "type": "integer"},
+        {"name": "income", "type": "float"},
+        {"name": "city", "type": "string"},
+    ]
+
+
+def test_signature_must_cover_the_fitted_columns(
+    api: TestClient, registry: Registry, jobs: InlineJobs
+) -> None:
+    model = fit_pipeline(churn_frame())
+    registry.register("m", model, None, signature={"inputs": [{"name": "age", "type": "integer"}]})
+    jobs.run()
+    version = api.get("/api/v1/models/m/versions/1").json()
+    assert version["status"] == "failed"
+    assert "income" in version["status_message"] and "city" in version["status_message"]
+
+
+def test_pickle_and_joblib_uploads_are_refused(
+    api: TestClient, registry: Registry, tmp_path: Path
+) -> None:
+    import joblib
+
+    api.post("/api/v1/models", json={"name": "p"})
+    model = fit_pipeline(churn_frame())
+    pickled = pickle.dumps(model)
+    joblib.dump(model, tmp_path / "m.joblib", compress=3)
+    for content in (pickled, (tmp_path / "m.joblib").read_bytes()):
+        response = api.post(
+            "/api/v1/models/p/versions/upload", files={"file": ("model.pkl", content)}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "unsafe_model_file"
+        assert "skops" in response.json()["error"]["message"]
+    # the same through a run artifact
+    run_id = registry.run_with_model(model)
+    api.put(f"/api/v1/runs/{run_id}/artifacts/model.pkl", content=pickled)
+    response = api.post(
+        "/api/v1/models/p/versions", json={"run_id": run_id, "artifact_path": "model.pkl"}
+    )
+    assert response.status_code == 422
+    assert api.get("/api/v1/models/p/versions").json()["items"] == []
+    assert api.get("/api/v1/models/p").json()["latest_version"] == 0
+
+
+def test_unexpected_types_are_refused(api: TestClient, tmp_path: Path) -> None:
+    api.post("/api/v1/models", json={"name": "evil"})
+    content = skops_bytes(Gadget(), tmp_path)
+    response = api.post("/api/v1/models/evil/versions/upload", files={"file": ("m.skops", content)})
+    assert response.status_code == 422
+    assert "Gadget" in response.json()["error"]["message"]
+
+
+class Gadget:
+    def predict(self, rows: object) -> object:
+        return rows
+
+
+def test_upload_needs_admin_and_valid_metadata(
+    client: TestClient, auth, tmp_path: Path, jobs: InlineJobs
+) -> None:
+    client.post("/api/v1/models", json={"name": "u"}, headers=auth(Role.admin))
+    content = skops_bytes(fit_pipeline(churn_frame()), tmp_path)
+    files = {"file": ("m.skops", content)}
+    denied = client.post(
+        "/api/v1/models/u/versions/upload", files=files, headers=auth(Role.deployer)
+    )
+    assert denied.status_code == 403
+    bad = client.post(
+        "/api/v1/models/u/versions/upload",
+        files=files,
+        data={"metadata": '{"parent_version": "x"}'},
+        headers=auth(Role.admin),
+    )
+    assert bad.status_code == 422
+    ok = client.post(
+        "/api/v1/models/u/versions/upload",
+        files=files,
+        data={"metadata": '{"description": "from a notebook"}'},
+        headers=auth(Role.admin),
+    )
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["source"] == "upload" and ok.json()["run_id"] is None
+    jobs.run()
+    ready = client.get("/api/v1/models/u/versions/1", headers=auth(Role.viewer)).json()
+    assert ready["status"] == "ready"
+    assert [c["name"] for c in ready["signature"]["inputs"]] == FEATURES  # from feature_names_in_
+
+
+def test_tampered_artifact_fails_on_digest(
+    api: TestClient, registry: Registry, jobs: InlineJobs, settings
+) -> None:
+    frame = churn_frame()
+    created = registry.register("t", fit_pipeline(frame), None, signature={"inputs": _inputs()})
+    stored = settings.resolved_artifact_root / created["artifact_uri"]
+    stored.chmod(0o644)
+    other = skops_bytes(fit_pipeline(churn_frame(seed=99)), stored.parent)
+    stored.write_bytes(other)
+    jobs.run()
+    version = api.get("/api/v1/models/t/versions/1").json()
+    assert version["status"] == "failed"
+    assert "digest mismatch" in version["status_message"]
+
+
+def test_errors_for_missing_things(api: TestClient, registry: Registry) -> None:
+    assert (
+        api.post(
+            "/api/v1/models/none/versions", json={"run_id": 1, "artifact_path": "m"}
+        ).status_code
+        == 404
+    )
+    api.post("/api/v1/models", json={"name": "x"})
+    assert api.post("/api/v1/models", json={"name": "x"}).status_code == 409
+    assert api.post("/api/v1/models", json={"name": "bad name"}).status_code == 422
+    run_id = registry.run_with_model(fit_pipeline(churn_frame()))
+    missing = api.post(
+        "/api/v1/models/x/versions", json={"run_id": run_id, "artifact_path": "nope.skops"}
+    )
+    assert missing.status_code == 404
+    bad_dataset = api.post(
+        "/api/v1/models/x/versions",
+        json={"run_id": run_id, "artifact_path": "model.skops", "dataset_version_id": 987654},
+    )
+    assert bad_dataset.status_code == 422
+    assert api.get("/api/v1/models/x/versions/7").status_code == 404
+    assert api.get("/api/v1/models/x/versions/champion").status_code == 404
+
+
+def test_finalize_is_idempotent(api: TestClient, registry: Registry, jobs: InlineJobs) -> None:
+    from app.core.jobs import run_job
+
+    registry.register("i", fit_pipeline(churn_frame()), None, signature={"inputs": _inputs()})
+    message = jobs.queue[0]
+    jobs.run()
+    before = api.get("/api/v1/models/i/versions/1").json()
+    run_job(jobs.ctx, message.task, message.payload)
+    after = api.get("/api/v1/models/i/versions/1").json()
+    assert before == after
+
+
+def test_update_and_delete_model(
+    api: TestClient, client: TestClient, auth, registry: Registry
+) -> None:
+    api.post("/api/v1/models", json={"name": "d", "description": "x"})
+    patched = api.patch(
+        "/api/v1/models/d", json={"description": "y", "tags": {"team": "risk"}}
+    ).json()
+    assert patched["description"] == "y" and patched["tags"] == {"team": "risk"}
+    assert client.delete("/api/v1/models/d", headers=auth(Role.deployer)).status_code == 403
+    assert api.delete("/api/v1/models/d").status_code == 204
+    assert api.get("/api/v1/models/d").status_code == 404
