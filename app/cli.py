@@ -67,7 +67,13 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
     if secret:
         typer.echo("An admin token was created. It is shown only this once; keep it safe:")
         typer.echo(secret)
-    uvicorn.run("app.asgi:app", host=settings.host, port=settings.port, log_level="info")
+    from workers import embedded  # the worker stack loads only in the modes that run it
+
+    worker = embedded.start()
+    try:
+        uvicorn.run("app.asgi:app", host=settings.host, port=settings.port, log_level="info")
+    finally:
+        worker.stop()
 
 
 @cli.command()

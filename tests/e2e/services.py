@@ -1,0 +1,104 @@
+"""Real processes for end-to-end tests: the API and Celery workers on Postgres and Redis."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_url(db: int = 7) -> str:
+    return f"redis://127.0.0.1:6379/{db}"
+
+
+def require_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    client.ping()
+    client.flushdb()
+
+
+def service_env(database_url: str, broker_url: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    env |= {
+        "FLYWHEEL_DATABASE_URL": database_url,
+        "FLYWHEEL_BROKER_URL": broker_url,
+        "FLYWHEEL_HOME": str(home),
+        "FLYWHEEL_ARTIFACT_ROOT": str(home / "artifacts"),
+    }
+    return env
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.handle = log.open("w")
+        self.popen = subprocess.Popen(args, env=env, stdout=self.handle, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.handle.flush()
+        return self.log.read_text()
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.handle.close()
+
+
+def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    process = Process(
+        [str(BIN / "flywheel"), "api", "--port", str(port)], env, log_dir / f"api-{port}.log"
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+        if process.popen.poll() is not None:
+            break
+    process.stop()
+    raise AssertionError(f"the API did not start:\n{process.output()}")
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str, *extra: str) -> Process:
+    args = [
+        str(BIN / "celery"),
+        "-A",
+        "workers",
+        "worker",
+        "-n",
+        f"{name}@%h",
+        "-l",
+        "INFO",
+        *extra,
+    ]
+    process = Process(args, env, log_dir / f"worker-{name}.log")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "ready." in process.output():
+            return process
+        if process.popen.poll() is not None:
+            break
+        time.sleep(0.2)
+    process.stop()
+    raise AssertionError(f"the worker did not start:\n{process.output()}")
