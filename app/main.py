@@ -1,5 +1,9 @@
 """The app factory: routers, error handlers, middleware. Settings and sessions are injected."""
 
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +22,15 @@ from app.health.router import router as health_router
 from app.registry.router import router as registry_router
 from app.tracking.router import experiments as experiments_router
 from app.tracking.router import runs as runs_router
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    """Move everything loaded at start-up out of the collector's reach: with pandas, sklearn and
+    SQLAlchemy imported, a full collection otherwise pauses a request for ~200 ms."""
+    gc.collect()
+    gc.freeze()
+    yield
 
 
 def operation_id(route: APIRoute) -> str:
@@ -39,6 +52,7 @@ def create_app(
         version="0.1.0",
         summary="An MLOps control plane: track, register, deploy, monitor and retrain models.",
         generate_unique_id_function=operation_id,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.session_factory = session_factory

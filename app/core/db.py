@@ -86,6 +86,9 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         _configure_sqlite(engine)
         return engine
+    # No server-side prepared statements: after five runs psycopg would prepare one, and
+    # Postgres may then switch a search to a generic plan that ignores the filter's selectivity.
+    kwargs.setdefault("connect_args", {"prepare_threshold": None})
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)

@@ -94,13 +94,18 @@ class RunTag(Base):
 
 
 class Metric(Base):
-    """Every logged point; the history behind GET /runs/{id}/metrics/{key}."""
+    """Every logged point; the history behind GET /runs/{id}/metrics/{key}.
+
+    No foreign key on run_id: a per-row check would cost about 40% of the bulk insert. The
+    writer locks the run row (FOR KEY SHARE) once per batch instead. Runs are never deleted
+    today; whatever deletes runs later must delete their history with them.
+    """
 
     __tablename__ = "metric"
     __table_args__ = (Index("ix_metric_run_id_key_step", "run_id", "key", "step"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(BigInteger)
     key: Mapped[str] = mapped_column(String(250))
     value: Mapped[float] = mapped_column(Float)
     step: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -3,16 +3,17 @@
 import hashlib
 import json
 import operator
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, not_, or_, select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import UnaryExpression
 
-from app.core.errors import Unprocessable
-from app.core.pagination import PageParams, offset_page
+from app.core.errors import BadRequest, Unprocessable
+from app.core.pagination import decode_token, encode_token
 from app.tracking.filters import (
     BoolOp,
     Comparison,
@@ -24,8 +25,8 @@ from app.tracking.filters import (
     parse_filter,
     parse_order_by,
 )
-from app.tracking.models import LatestMetric, Run, RunParam, RunTag
-from app.tracking.schemas import RunSearch
+from app.tracking.models import LatestMetric, Run, RunInput, RunParam, RunTag
+from app.tracking.schemas import CodeVersion, RunInputSpec, RunRead, RunSearch
 
 ATTRIBUTE_COLUMNS: dict[str, Any] = {
     "id": Run.id,
@@ -41,34 +42,178 @@ TIME_ATTRIBUTES = {"start_time", "end_time", "created_at"}
 KEYED_TABLES: dict[str, Any] = {"params": RunParam, "tags": RunTag, "metrics": LatestMetric}
 
 
-def search_runs(session: Session, query: RunSearch) -> tuple[Sequence[Run], str | None]:
+def search_runs(session: Session, query: RunSearch) -> tuple[list[RunRead], str | None]:
+    expr, order_keys = _parse(query)
+    conditions: list[ColumnElement[bool]] = []
+    if query.experiment_ids:
+        conditions.append(Run.experiment_id.in_(query.experiment_ids))
+    if expr is not None:
+        conditions.append(compile_expr(expr))
+    fingerprint = _fingerprint(query)
+    phase, offset = _page_state(query.page_token, fingerprint)
+    if len(order_keys) == 1 and order_keys[0].identifier.kind != "attributes":
+        ids, state = _by_one_key(session, conditions, order_keys[0], query.page_size, phase, offset)
+    else:
+        ids, state = _by_columns(session, conditions, order_keys, query.page_size, offset)
+    token = (
+        encode_token({"q": fingerprint, "phase": state[0], "offset": state[1]}) if state else None
+    )
+    return run_reads(session, ids), token
+
+
+def _parse(query: RunSearch) -> tuple[Expr | None, list[OrderKey]]:
     try:
-        expr = parse_filter(query.filter)
-        order_keys = [parse_order_by(item) for item in query.order_by]
+        return parse_filter(query.filter), [parse_order_by(item) for item in query.order_by]
     except FilterSyntaxError as exc:
         raise Unprocessable(
             str(exc),
             code="invalid_filter",
             details={"position": exc.position, "reason": exc.message},
         ) from exc
-    stmt = select(Run).options(
-        selectinload(Run.params),
-        selectinload(Run.tags),
-        selectinload(Run.latest_metrics),
-        selectinload(Run.inputs),
+
+
+def _page_state(token: str | None, fingerprint: str) -> tuple[str, int]:
+    if token is None:
+        return "has", 0
+    state = decode_token(token)
+    phase, offset = state.get("phase"), state.get("offset")
+    if (
+        state.get("q") != fingerprint
+        or phase not in ("has", "lacks")
+        or not isinstance(offset, int)
+    ):
+        raise BadRequest(
+            "page_token belongs to a different query; repeat the same filter and order_by",
+            code="invalid_page_token",
+        )
+    return phase, max(0, offset)
+
+
+Cursor = tuple[str, int] | None
+
+
+def _by_one_key(
+    session: Session,
+    conditions: list[ColumnElement[bool]],
+    key: OrderKey,
+    size: int,
+    phase: str,
+    offset: int,
+) -> tuple[list[int], Cursor]:
+    """Order by one param, metric or tag: walk its (key, value, run_id) index for the runs that
+    have it, then the runs that lack it (missing values sort last), without sorting everything."""
+    table: Any = KEYED_TABLES[key.identifier.kind]
+    name = key.identifier.key
+    ids: list[int] = []
+    if phase == "has":
+        value, run_id = (table.value, table.run_id)
+        order = (value.desc(), run_id.desc()) if key.descending else (value.asc(), run_id.asc())
+        has = (
+            select(table.run_id)
+            .join(Run, Run.id == table.run_id)
+            .where(table.key == name, *conditions)
+            .order_by(*order)
+        )
+        ids = list(session.scalars(has.offset(offset).limit(size + 1)))
+        if len(ids) > size:
+            return ids[:size], ("has", offset + size)
+        offset = 0
+    lacks = (
+        select(Run.id)
+        .where(*conditions, ~exists().where(table.run_id == Run.id, table.key == name))
+        .order_by(Run.id.desc() if key.descending else Run.id.asc())
     )
-    if query.experiment_ids:
-        stmt = stmt.where(Run.experiment_id.in_(query.experiment_ids))
-    if expr is not None:
-        stmt = stmt.where(compile_expr(expr))
+    wanted = size - len(ids)
+    more = list(session.scalars(lacks.offset(offset).limit(wanted + 1)))
+    if len(more) > wanted:
+        return ids + more[:wanted], ("lacks", offset + wanted)
+    return ids + more, None
+
+
+def _by_columns(
+    session: Session,
+    conditions: list[ColumnElement[bool]],
+    order_keys: list[OrderKey],
+    size: int,
+    offset: int,
+) -> tuple[list[int], Cursor]:
+    stmt = select(Run.id).where(*conditions)
     for index, key in enumerate(order_keys):
         stmt, column = _order_target(stmt, key.identifier, index)
         stmt = stmt.order_by(_direction(column, key))
     if not order_keys:
         stmt = stmt.order_by(Run.start_time.desc())
-    stmt = stmt.order_by(Run.id.desc())
-    page = PageParams(page_size=query.page_size, page_token=query.page_token)
-    return offset_page(session, stmt, page, _fingerprint(query))
+    descending = order_keys[0].descending if order_keys else True
+    stmt = stmt.order_by(Run.id.desc() if descending else Run.id.asc())
+    ids = list(session.scalars(stmt.offset(offset).limit(size + 1)))
+    if len(ids) > size:
+        return ids[:size], ("has", offset + size)
+    return ids, None
+
+
+def run_reads(session: Session, ids: Sequence[int]) -> list[RunRead]:
+    """Runs with params, tags, latest metrics and inputs, in the order of `ids`, read as rows
+    (five indexed queries, no ORM identity map) because a page can hold a thousand runs."""
+    if not ids:
+        return []
+    params: dict[int, dict[str, str]] = defaultdict(dict)
+    tags: dict[int, dict[str, str]] = defaultdict(dict)
+    metrics: dict[int, dict[str, float]] = defaultdict(dict)
+    inputs: dict[int, list[RunInputSpec]] = defaultdict(list)
+    keyed: list[tuple[dict[int, Any], Any]] = [
+        (params, RunParam),
+        (tags, RunTag),
+        (metrics, LatestMetric),
+    ]
+    for target, model in keyed:
+        rows = session.execute(
+            select(model.run_id, model.key, model.value).where(model.run_id.in_(ids))
+        )
+        for run_id, key, value in rows:
+            target[run_id][key] = value
+    for run_id, dataset_version_id, context in session.execute(
+        select(RunInput.run_id, RunInput.dataset_version_id, RunInput.context).where(
+            RunInput.run_id.in_(ids)
+        )
+    ):
+        inputs[run_id].append(RunInputSpec(dataset_version_id=dataset_version_id, context=context))
+    runs = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Run.id,
+                Run.experiment_id,
+                Run.name,
+                Run.status,
+                Run.start_time,
+                Run.end_time,
+                Run.duration_ms,
+                Run.code_version,
+                Run.created_at,
+            ).where(Run.id.in_(ids))
+        )
+    }
+    return [
+        RunRead(
+            id=run_id,
+            experiment_id=runs[run_id].experiment_id,
+            name=runs[run_id].name,
+            status=runs[run_id].status,
+            start_time=runs[run_id].start_time,
+            end_time=runs[run_id].end_time,
+            duration_ms=runs[run_id].duration_ms,
+            params=params[run_id],
+            tags=tags[run_id],
+            metrics=metrics[run_id],
+            code_version=CodeVersion.model_validate(runs[run_id].code_version)
+            if runs[run_id].code_version
+            else None,
+            inputs=inputs[run_id],
+            created_at=runs[run_id].created_at,
+        )
+        for run_id in ids
+        if run_id in runs
+    ]
 
 
 def _fingerprint(query: RunSearch) -> str:
@@ -76,7 +221,7 @@ def _fingerprint(query: RunSearch) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _order_target(stmt: Select[Run], ident: Identifier, index: int) -> tuple[Select[Run], Any]:
+def _order_target(stmt: Select[Any], ident: Identifier, index: int) -> tuple[Select[Any], Any]:
     """The column to order by; a param, metric or tag is joined in so runs without it sort last."""
     if ident.kind == "attributes":
         return stmt, ATTRIBUTE_COLUMNS[ident.key]
@@ -103,7 +248,8 @@ def _compile_comparison(cmp: Comparison) -> ColumnElement[bool]:
         column = ATTRIBUTE_COLUMNS[ident.key]
         value = _attribute_value(ident.key, cmp.value)
         return _apply(column, cmp.op, value)
-    table = KEYED_TABLES[ident.kind]
+    # an alias per comparison: the subquery must not correlate with a joined-in order table
+    table: Any = aliased(KEYED_TABLES[ident.kind])
     same_run = and_(table.run_id == Run.id, table.key == ident.key)
     if cmp.op == "IS NULL":
         return not_(exists().where(same_run))

@@ -93,7 +93,7 @@ def list_runs(
 def search_runs(body: RunSearch, session: DbSession, _: Viewer) -> RunPage:
     """Filter with `params.x`, `metrics.x` (latest value), `tags.x` and run attributes."""
     items, token = service.search_runs(session, body)
-    return RunPage(items=[run_read(r) for r in items], next_page_token=token)
+    return RunPage(items=items, next_page_token=token)
 
 
 @runs.get("/{run_id}", response_model=RunRead)

@@ -1,11 +1,8 @@
 """Experiments and runs: lifecycle, write-once params, metric history, inputs and artifacts."""
 
-import time
 from collections.abc import Sequence
-from typing import TypedDict
 
-from sqlalchemy import insert, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -14,10 +11,9 @@ from app.core.db import utcnow
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.pagination import PageParams, keyset_page
 from app.datasets.models import DatasetVersion
-from app.tracking import repository
+from app.tracking import metric_ingest, repository
 from app.tracking.models import (
     Experiment,
-    LatestMetric,
     Metric,
     Run,
     RunArtifact,
@@ -31,6 +27,7 @@ from app.tracking.schemas import (
     MetricPoint,
     RunCreate,
     RunInputSpec,
+    RunRead,
     RunSearch,
     RunUpdate,
 )
@@ -232,59 +229,7 @@ def _inputs(session: Session, specs: list[RunInputSpec]) -> list[RunInput]:
 
 
 def log_metrics(session: Session, run_id: int, points: list[MetricPoint], *, limit: int) -> int:
-    """Bulk-insert the history and move each key's latest value forward, in one transaction."""
-    if len(points) > limit:
-        raise Unprocessable(
-            f"at most {limit} metric points per request; got {len(points)}; split the batch",
-            details={"limit": limit, "received": len(points)},
-        )
-    _run_exists_or_raise(session, run_id)
-    now_ms = int(time.time() * 1000)
-    rows: list[MetricRow] = [
-        {
-            "run_id": run_id,
-            "key": p.key,
-            "value": p.value,
-            "step": p.step,
-            "timestamp": p.timestamp if p.timestamp is not None else now_ms,
-        }
-        for p in points
-    ]
-    session.execute(insert(Metric), rows)
-    latest: dict[str, MetricRow] = {}
-    for row in rows:
-        current = latest.get(row["key"])
-        if current is None or _ordering(row) > _ordering(current):
-            latest[row["key"]] = row
-    _upsert_latest(session, [latest[key] for key in sorted(latest)])
-    return len(rows)
-
-
-class MetricRow(TypedDict):
-    run_id: int
-    key: str
-    value: float
-    step: int
-    timestamp: int
-
-
-def _ordering(row: MetricRow) -> tuple[int, int, float]:
-    """Which point is the latest: highest step, then newest timestamp, then largest value."""
-    return (row["step"], row["timestamp"], row["value"])
-
-
-def _upsert_latest(session: Session, rows: list[MetricRow]) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(LatestMetric).values(rows)
-    excluded = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[LatestMetric.run_id, LatestMetric.key],
-        set_={"value": excluded.value, "step": excluded.step, "timestamp": excluded.timestamp},
-        where=tuple_(LatestMetric.step, LatestMetric.timestamp, LatestMetric.value)
-        < tuple_(excluded.step, excluded.timestamp, excluded.value),
-    )
-    session.execute(stmt)
+    return metric_ingest.log_metrics(session, run_id, points, limit=limit)
 
 
 def metric_history(
@@ -298,7 +243,7 @@ def metric_history(
     return rows, next_token
 
 
-def search_runs(session: Session, query: RunSearch) -> tuple[Sequence[Run], str | None]:
+def search_runs(session: Session, query: RunSearch) -> tuple[list[RunRead], str | None]:
     return repository.search_runs(session, query)
 
 

@@ -168,14 +168,11 @@ def upgrade() -> None:
     op.create_table(
         "metric",
         sa.Column("id", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False),
-        sa.Column("run_id", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False),
+        sa.Column("run_id", sa.BigInteger(), nullable=False),
         sa.Column("key", sa.String(length=250), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
         sa.Column("step", sa.BigInteger(), nullable=False),
         sa.Column("timestamp", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["run.id"], name=op.f("fk_metric_run_id_run"), ondelete="CASCADE"
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_metric")),
     )
     op.create_index("ix_metric_run_id_key_step", "metric", ["run_id", "key", "step"], unique=False)
