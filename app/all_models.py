@@ -5,7 +5,9 @@ from app.core.db import Base
 from app.core.outbox import OutboxMessage
 from app.datasets import models as dataset_models
 from app.events import models as event_models
+from app.pipelines import models as pipeline_models
 from app.registry import models as registry_models
+from app.sources import models as source_models
 from app.tracking import models as tracking_models
 
 __all__ = [
@@ -14,6 +16,8 @@ __all__ = [
     "auth_models",
     "dataset_models",
     "event_models",
+    "pipeline_models",
     "registry_models",
+    "source_models",
     "tracking_models",
 ]

@@ -19,7 +19,11 @@ from app.core.observability import PrometheusMiddleware
 from app.core.outbox import Publish
 from app.datasets.router import router as datasets_router
 from app.health.router import router as health_router
+from app.pipelines.router import pipelines as pipelines_router
+from app.pipelines.router import runs as pipeline_runs_router
 from app.registry.router import router as registry_router
+from app.sources.router import hooks as hooks_router
+from app.sources.router import router as sources_router
 from app.tracking.router import experiments as experiments_router
 from app.tracking.router import runs as runs_router
 
@@ -72,6 +76,10 @@ def create_app(
         runs_router,
         datasets_router,
         registry_router,
+        pipelines_router,
+        pipeline_runs_router,
+        sources_router,
+        hooks_router,
     )
     for router in routers:
         app.include_router(router)

@@ -1,17 +1,18 @@
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.all_jobs import load_jobs
 from app.auth import service as auth_service
 from app.core.artifacts import ArtifactStore
 from app.core.config import Settings
-from app.core.db import create_db_engine, create_session_factory
+from app.core.db import create_db_engine, create_session_factory, utcnow
 from app.core.dispatch import Dispatcher
 from app.core.jobs import JobContext, run_job
 from app.core.migrate import upgrade
@@ -70,7 +71,11 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
-        home=tmp_path / "home", database_url=database_url, artifact_root=tmp_path / "artifacts"
+        home=tmp_path / "home",
+        database_url=database_url,
+        artifact_root=tmp_path / "artifacts",
+        secret_key="test-secret-key-for-webhook-secrets",
+        git_cache=tmp_path / "git-cache",
     )
 
 
@@ -81,6 +86,7 @@ class InlineJobs:
     """
 
     def __init__(self, ctx: JobContext) -> None:
+        load_jobs()
         self.ctx = ctx
         self.queue: list[OutboxMessage] = []
         self.done: list[str] = []
@@ -88,16 +94,32 @@ class InlineJobs:
     def publish(self, message: OutboxMessage) -> None:
         self.queue.append(message)
 
-    def run(self) -> list[str]:
-        load_jobs()
+    def run(self, wait_for_delayed: float = 10.0) -> list[str]:
+        """Run until nothing is queued; delayed jobs (retries) due within the wait are awaited."""
         ran = []
-        while self.queue:
-            message = self.queue.pop(0)
-            run_job(self.ctx, message.task, message.payload)
-            ran.append(message.task)
-            Dispatcher(self.ctx.session_factory, self.publish).relay_once()
+        dispatcher = Dispatcher(self.ctx.session_factory, self.publish)
+        while True:
+            while self.queue:
+                message = self.queue.pop(0)
+                run_job(self.ctx, message.task, message.payload)
+                ran.append(message.task)
+                dispatcher.relay_once()
+            due = self._next_delayed()
+            if due is None or due > wait_for_delayed:
+                break
+            time.sleep(max(due, 0))
+            dispatcher.relay_once()
         self.done.extend(ran)
         return ran
+
+    def _next_delayed(self) -> float | None:
+        with self.ctx.session_factory() as session:
+            first = session.scalar(
+                select(func.min(OutboxMessage.available_at)).where(
+                    OutboxMessage.dispatched_at.is_(None)
+                )
+            )
+        return None if first is None else (first - utcnow()).total_seconds()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ def context() -> JobContext:
         settings=settings,
         artifacts=ArtifactStore(settings.resolved_artifact_root),
         session_factory=factory,
+        publish=celery_publisher(app),
     )
 
 

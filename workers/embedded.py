@@ -7,7 +7,9 @@ so a first run needs no Redis. The worker runs the same tasks as `celery -A work
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
+from celery.beat import EmbeddedService
 from celery.worker import WorkController
 
 from app.core.dispatch import Dispatcher, RelayLoop, celery_publisher
@@ -22,8 +24,10 @@ class EmbeddedWorker:
     worker: WorkController
     thread: threading.Thread
     relay: RelayLoop
+    beat: Any
 
     def stop(self) -> None:
+        self.beat.stop()
         self.relay.stop()
         self.worker.stop(in_sighandler=False)
         self.thread.join(timeout=10)
@@ -43,5 +47,8 @@ def start(concurrency: int = 2) -> EmbeddedWorker:
     thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
     thread.start()
     relay = RelayLoop(Dispatcher(context().session_factory, celery_publisher(celery_app))).start()
-    logger.info("embedded worker started (%d threads) with the outbox relay", concurrency)
-    return EmbeddedWorker(worker=worker, thread=thread, relay=relay)
+    schedule = context().settings.home.resolve() / "beat-schedule"
+    beat = EmbeddedService(celery_app, thread=True, schedule_filename=str(schedule))
+    beat.start()
+    logger.info("embedded worker (%d threads), beat and the outbox relay started", concurrency)
+    return EmbeddedWorker(worker=worker, thread=thread, relay=relay, beat=beat)

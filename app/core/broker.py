@@ -26,6 +26,10 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=0,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        beat_schedule={
+            "pipelines-sweep": {"task": "pipelines.sweep", "schedule": settings.sweep_seconds},
+            "pipelines-schedules": {"task": "pipelines.tick_schedules", "schedule": 15.0},
+        },
     )
     return celery
 

@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".flywheel")
@@ -32,6 +32,23 @@ class Settings(BaseSettings):
         ge=10,
         description="Seconds before Redis redelivers an unacknowledged job; longer than any task.",
     )
+    secret_key: str = Field(
+        default="", description="Encrypts webhook secrets at rest. Required outside embedded mode."
+    )
+    git_cache: Path | None = Field(
+        default=None, description="Git mirrors. Default: home/git-cache."
+    )
+    object_store_root: Path | None = Field(
+        default=None,
+        description="Local mirror of object stores: s3://bucket/key is read from root/bucket/key.",
+    )
+    task_heartbeat_seconds: int = Field(default=5, ge=1, le=300)
+    sweep_seconds: float = Field(
+        default=30, gt=0, description="How often beat looks for lost tasks and unsettled runs."
+    )
+    pipeline_max_task_timeout: int = Field(
+        default=3600, ge=1, description="Longest timeout a pipeline task may ask for (seconds)."
+    )
     image_builder: str = Field(
         default="", description="Container builder command (docker, podman) for serving images."
     )
@@ -50,6 +67,19 @@ class Settings(BaseSettings):
         ge=0,
         description="Rewrite a token's last-used time at most this often, so reads stay reads.",
     )
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_tasks(self) -> "Settings":
+        if self.broker_visibility_timeout <= self.pipeline_max_task_timeout:
+            raise ValueError(
+                "FLYWHEEL_BROKER_VISIBILITY_TIMEOUT must be longer than "
+                "FLYWHEEL_PIPELINE_MAX_TASK_TIMEOUT, or Redis redelivers running tasks"
+            )
+        return self
+
+    @property
+    def resolved_git_cache(self) -> Path:
+        return (self.git_cache or self.home / "git-cache").resolve()
 
     @property
     def resolved_database_url(self) -> str:

@@ -36,6 +36,7 @@ def service_env(database_url: str, broker_url: str, home: Path) -> dict[str, str
         "FLYWHEEL_BROKER_URL": broker_url,
         "FLYWHEEL_HOME": str(home),
         "FLYWHEEL_ARTIFACT_ROOT": str(home / "artifacts"),
+        "FLYWHEEL_SECRET_KEY": "e2e-secret-key",
     }
     return env
 

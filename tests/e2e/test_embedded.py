@@ -214,3 +214,10 @@ def wait_for(
         if body[field] != while_value or time.monotonic() > deadline:
             return body
         time.sleep(0.2)
+
+
+def test_embedded_git_push_runs_the_whole_ci_loop(server: Server, tmp_path: Path) -> None:
+    """The same CI flow as on Postgres + Redis + workers, on a laptop with neither."""
+    from tests.e2e.ci_flow import run_ci_flow
+
+    run_ci_flow(server.url, printed_token(server.lines), tmp_path)

@@ -11,6 +11,7 @@ from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.core.migrate import upgrade
 from app.core.security import Role
 from tests.dbutil import scratch_postgres
+from tests.e2e.ci_flow import run_ci_flow
 from tests.e2e.services import redis_url, require_redis, service_env, start_api, start_worker
 from tests.e2e.test_embedded import wait_for
 from tests.registry.helpers import churn_frame, csv_bytes, fit_pipeline, skops_bytes
@@ -30,7 +31,7 @@ def stack(database_url: str, requires_postgres: None, tmp_path: Path) -> Iterato
         engine.dispose()
         env = service_env(url, broker, tmp_path / "home")
         api, base = start_api(env, tmp_path)
-        worker = start_worker(env, tmp_path, "w1", "-P", "prefork", "-c", "1")
+        worker = start_worker(env, tmp_path, "w1", "-P", "prefork", "-c", "2")
         try:
             yield base, token
         finally:
@@ -69,3 +70,10 @@ def test_worker_process_finalizes_and_packages_over_redis(
         http.post("/api/v1/models/churn/versions/1/package").raise_for_status()
         packaged = wait_for(http, "/api/v1/models/churn/versions/1", "package_status", "pending")
         assert packaged["package_status"] == "ready", packaged
+
+
+def test_git_push_trains_evaluates_registers_and_packages(
+    stack: tuple[str, str], tmp_path: Path
+) -> None:
+    base, token = stack
+    run_ci_flow(base, token, tmp_path)

@@ -1,0 +1,229 @@
+"""Pipelines (DAG specs with an optional cron schedule) and their runs.
+
+Creating a run writes the run, its task rows and an outbox job in one transaction; the
+orchestrator (`app.pipelines.orchestrator`) takes it from there on the workers.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from croniter import croniter
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from app.core.artifacts import ArtifactStore
+from app.core.db import utcnow
+from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.outbox import enqueue
+from app.core.pagination import PageParams, keyset_page
+from app.datasets.models import DatasetVersion
+from app.events import service as events
+from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun, TaskStatus
+from app.pipelines.schemas import PipelineCreate, PipelineUpdate
+from app.pipelines.spec import PipelineSpec
+
+ADVANCE_JOB = "pipelines.advance"
+EXECUTE_JOB = "pipelines.execute_task"
+UNAVAILABLE_TYPES = {"deploy": "deploy tasks arrive with deployments (the serving issue)"}
+
+
+def validate_schedule(expression: str | None) -> str | None:
+    if not expression:
+        return None
+    if not croniter.is_valid(expression):
+        raise Unprocessable(
+            f"schedule {expression!r} is not a cron expression; e.g. '0 3 * * *' (03:00 UTC daily)",
+            details={"field": "schedule"},
+        )
+    return expression
+
+
+def next_fire(expression: str | None, after: datetime) -> datetime | None:
+    if not expression:
+        return None
+    fire: datetime = croniter(expression, after).get_next(datetime)
+    return fire
+
+
+def _check_available(spec: PipelineSpec) -> None:
+    for index, task in enumerate(spec.tasks):
+        if task.type in UNAVAILABLE_TYPES:
+            raise Unprocessable(
+                f"tasks[{index}] ({task.name}): {UNAVAILABLE_TYPES[task.type]}",
+                details={"loc": ["body", "spec", "tasks", index, "type"]},
+            )
+
+
+def create_pipeline(session: Session, data: PipelineCreate) -> Pipeline:
+    if session.scalar(select(Pipeline.id).where(Pipeline.name == data.name)):
+        raise Conflict(f"a pipeline named {data.name!r} already exists")
+    _check_available(data.spec)
+    schedule = validate_schedule(data.schedule)
+    pipeline = Pipeline(
+        name=data.name,
+        description=data.description,
+        spec=data.spec.model_dump(mode="json"),
+        schedule=schedule,
+        next_run_at=next_fire(schedule, utcnow()),
+    )
+    session.add(pipeline)
+    session.flush()
+    return pipeline
+
+
+def get_or_raise(session: Session, name: str, *, for_update: bool = False) -> Pipeline:
+    stmt = select(Pipeline).where(Pipeline.name == name)
+    pipeline = session.scalar(stmt.with_for_update() if for_update else stmt)
+    if pipeline is None:
+        raise NotFound(f"pipeline {name!r} does not exist")
+    return pipeline
+
+
+def list_pipelines(session: Session, page: PageParams) -> tuple[Sequence[Pipeline], str | None]:
+    return keyset_page(session, select(Pipeline), Pipeline.id, page)
+
+
+def update_pipeline(session: Session, name: str, data: PipelineUpdate) -> Pipeline:
+    pipeline = get_or_raise(session, name, for_update=True)
+    if data.description is not None:
+        pipeline.description = data.description
+    if data.spec is not None:
+        _check_available(data.spec)
+        pipeline.spec = data.spec.model_dump(mode="json")
+    if data.schedule is not None:
+        pipeline.schedule = validate_schedule(data.schedule)
+        pipeline.next_run_at = next_fire(pipeline.schedule, utcnow())
+    pipeline.updated_at = utcnow()
+    session.flush()
+    return pipeline
+
+
+def set_paused(session: Session, name: str, paused: bool) -> Pipeline:
+    pipeline = get_or_raise(session, name, for_update=True)
+    if pipeline.schedule is None:
+        raise Conflict(f"pipeline {name!r} has no schedule to pause or resume")
+    pipeline.schedule_paused = paused
+    pipeline.next_run_at = None if paused else next_fire(pipeline.schedule, utcnow())
+    session.flush()
+    return pipeline
+
+
+def start_run(
+    session: Session,
+    pipeline: Pipeline,
+    *,
+    trigger: str,
+    params: dict[str, Any] | None = None,
+    repo_url: str | None = None,
+    branch: str | None = None,
+    commit: str | None = None,
+    dataset_version_id: int | None = None,
+    created_by: str | None = None,
+) -> PipelineRun:
+    if dataset_version_id is not None and session.get(DatasetVersion, dataset_version_id) is None:
+        raise Unprocessable(f"dataset version {dataset_version_id} does not exist")
+    spec = PipelineSpec.model_validate(pipeline.spec)
+    run = PipelineRun(
+        pipeline_id=pipeline.id,
+        trigger=trigger,
+        params=params or {},
+        spec=pipeline.spec,
+        repo_url=repo_url,
+        branch=branch,
+        commit=commit,
+        dataset_version_id=dataset_version_id,
+        created_by=created_by,
+        tasks=[
+            TaskRun(name=t.name, type=t.type, max_attempts=t.retries + 1, status=TaskStatus.pending)
+            for t in spec.tasks
+        ],
+    )
+    session.add(run)
+    session.flush()
+    enqueue(session, ADVANCE_JOB, {"run_id": run.id})
+    events.record(
+        session,
+        "pipeline_run.created",
+        f"pipeline:{pipeline.name}",
+        {"pipeline": pipeline.name, "run_id": run.id, "trigger": trigger, "commit": commit},
+        created_by,
+    )
+    return run
+
+
+def get_run_or_raise(session: Session, run_id: int) -> PipelineRun:
+    run = session.scalar(
+        select(PipelineRun)
+        .where(PipelineRun.id == run_id)
+        .options(selectinload(PipelineRun.tasks), selectinload(PipelineRun.pipeline))
+    )
+    if run is None:
+        raise NotFound(f"pipeline run {run_id} does not exist")
+    return run
+
+
+def list_runs(
+    session: Session, page: PageParams, *, pipeline: str | None = None
+) -> tuple[Sequence[PipelineRun], str | None]:
+    stmt = select(PipelineRun).options(
+        selectinload(PipelineRun.tasks), selectinload(PipelineRun.pipeline)
+    )
+    if pipeline is not None:
+        stmt = stmt.where(PipelineRun.pipeline_id == get_or_raise(session, pipeline).id)
+    return keyset_page(session, stmt, PipelineRun.id, page)
+
+
+def cancel_run(session: Session, run_id: int, *, by: str) -> PipelineRun:
+    """Tasks not yet running are cancelled now; running ones are stopped by their worker,
+    which polls for this flag, within a few seconds."""
+    run = session.scalar(select(PipelineRun).where(PipelineRun.id == run_id).with_for_update())
+    if run is None:
+        raise NotFound(f"pipeline run {run_id} does not exist")
+    if run.status.terminal:
+        raise Conflict(f"pipeline run {run_id} already ended ({run.status.value})")
+    run.cancel_requested = True
+    now = utcnow()
+    for task in session.scalars(select(TaskRun).where(TaskRun.pipeline_run_id == run.id)):
+        if task.status in (TaskStatus.pending, TaskStatus.queued, TaskStatus.retrying):
+            task.status = TaskStatus.cancelled
+            task.finished_at = now
+            task.error = f"cancelled by {by}"
+    enqueue(session, ADVANCE_JOB, {"run_id": run.id})
+    session.flush()
+    return get_run_or_raise(session, run_id)
+
+
+def log_path(store: ArtifactStore, run_id: int, task: str) -> Path:
+    return store.root / "logs" / "pipeline-runs" / str(run_id) / f"{task}.log"
+
+
+def read_log(
+    session: Session, store: ArtifactStore, run_id: int, task: str, offset: int, limit: int
+) -> tuple[str, int, bool]:
+    run = get_run_or_raise(session, run_id)
+    found = next((t for t in run.tasks if t.name == task), None)
+    if found is None:
+        raise NotFound(f"pipeline run {run_id} has no task {task!r}")
+    path = log_path(store, run_id, task)
+    if not path.exists():
+        return "", offset, found.status.terminal
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        chunk = handle.read(limit)
+    return chunk.decode("utf-8", errors="replace"), offset + len(chunk), found.status.terminal
+
+
+def run_status_of(tasks: Sequence[TaskRun]) -> RunStatus | None:
+    """The run's final status once every task has ended, else None."""
+    if not all(t.status.terminal for t in tasks):
+        return None
+    statuses = {t.status for t in tasks}
+    if statuses & {TaskStatus.failed, TaskStatus.upstream_failed}:
+        return RunStatus.failed
+    if TaskStatus.cancelled in statuses:
+        return RunStatus.cancelled
+    if TaskStatus.rejected in statuses:
+        return RunStatus.rejected
+    return RunStatus.succeeded

@@ -1,0 +1,78 @@
+"""Turning an object-created notification into a dataset version and a pipeline run."""
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sqlalchemy.orm import Session
+
+from app.core.errors import AppError
+from app.core.jobs import JobContext, job
+from app.datasets import service as datasets
+from app.datasets.models import Dataset
+from app.pipelines import service as pipelines
+from app.pipelines.models import Pipeline
+from app.sources.models import DataSource, GitSource, WebhookDelivery
+from app.sources.service import INGEST_JOB
+
+
+class ObjectUnavailable(ValueError):
+    pass
+
+
+def local_path(ctx: JobContext, uri: str) -> Path:
+    """Where the object's bytes are on this machine: object stores through the configured
+    mirror root, everything else only inside the artifact store."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        root = ctx.settings.object_store_root
+        if root is None:
+            raise ObjectUnavailable(
+                "s3:// objects need FLYWHEEL_OBJECT_STORE_ROOT (a mounted bucket root)"
+            )
+        path = (root / parsed.netloc / parsed.path.lstrip("/")).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise ObjectUnavailable(f"{uri} points outside the object store root")
+        return path
+    if parsed.scheme in ("", "artifacts"):
+        return ctx.artifacts.resolve(uri)
+    raise ObjectUnavailable(f"unsupported uri scheme {parsed.scheme!r}; use s3:// or a store path")
+
+
+@job(INGEST_JOB)
+def ingest_object(session: Session, ctx: JobContext, delivery_id: int, uri: str) -> None:
+    delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+    if delivery is None or delivery.outcome != "accepted":
+        return  # handled already: deliveries are at least once
+    source = session.get(DataSource, delivery.source_id)
+    dataset = session.get(Dataset, source.dataset_id) if source else None
+    if source is None or dataset is None:
+        delivery.outcome, delivery.reason = "failed", "the data source or its dataset was deleted"
+        return
+    try:
+        path = local_path(ctx, uri)
+        if not path.is_file():
+            raise ObjectUnavailable(f"{uri} is not a file at {path}")
+        stored = ctx.artifacts.put_file(path, max_bytes=ctx.settings.max_upload_bytes)
+        version, _ = datasets.add_version(
+            session, ctx.artifacts, dataset.name, stored, filename=path.name, source_uri=uri
+        )
+    except (ObjectUnavailable, AppError, OSError) as exc:
+        delivery.outcome = "failed"
+        delivery.reason = str(getattr(exc, "message", exc))
+        return
+    delivery.outcome = "ingested"
+    delivery.reason = f"{uri} -> {dataset.name} v{version.version}"
+    pipeline = session.get(Pipeline, source.pipeline_id) if source.pipeline_id else None
+    if pipeline is None:
+        return
+    git = session.get(GitSource, source.git_source_id) if source.git_source_id else None
+    run = pipelines.start_run(
+        session,
+        pipeline,
+        trigger="data",
+        dataset_version_id=version.id,
+        repo_url=git.repo_url if git else None,
+        branch=git.branch_pattern if git else None,
+        created_by=f"data:{source.name}",
+    )
+    delivery.pipeline_run_id = run.id

@@ -1,0 +1,243 @@
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression, SGDClassifier
+from sklearn.pipeline import Pipeline
+
+from app.ml.model_files import inspect_file, save_model
+from app.ml.tabular import read_table
+from app.ml.training import (
+    TrainingError,
+    build_estimator,
+    build_pipeline,
+    fit_builtin,
+    fit_entrypoint,
+    is_classifier_target,
+    split,
+    supports,
+)
+
+ALLOWED = [
+    "sklearn.linear_model.LogisticRegression",
+    "sklearn.linear_model.LinearRegression",
+    "sklearn.ensemble.RandomForestClassifier",
+    "sklearn.ensemble.HistGradientBoostingClassifier",
+]
+
+
+def binary_frame(rows: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=rows), rng.normal(size=rows)
+    return pd.DataFrame({"a": a, "b": b, "y": np.where(a + 0.5 * b > 0, "yes", "no")})
+
+
+def mixed_frame(rows: int = 150) -> pd.DataFrame:
+    """Numeric, nullable integer, text, nullable boolean and datetime columns with gaps."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=rows)
+    city = rng.choice(["paris", "rome", "oslo"], rows).astype(object)
+    city[::7] = None
+    count = pd.array(rng.integers(0, 5, rows), dtype="Int64")
+    count[::5] = pd.NA
+    flag = pd.array(rng.random(rows) > 0.5, dtype="boolean")
+    flag[::6] = pd.NA
+    a_gappy = a.copy()
+    a_gappy[::9] = np.nan
+    return pd.DataFrame(
+        {
+            "a": a_gappy,
+            "count": count,
+            "city": pd.Series(city, dtype="str"),
+            "flag": flag,
+            "when": pd.date_range("2024-01-01", periods=rows, freq="D"),
+            "y": np.where((a > 0) | (city == "rome"), 1, 0),
+        }
+    )
+
+
+def test_split_is_deterministic_and_stratified() -> None:
+    frame = binary_frame()
+    train1, test1 = split(frame, target="y", test_size=0.25, seed=3, stratify=True)
+    train2, test2 = split(frame, target="y", test_size=0.25, seed=3, stratify=True)
+    assert list(test1.index) == list(test2.index) and list(train1.index) == list(train2.index)
+    assert len(test1) == 30 and len(train1) == 90
+    overall = (frame["y"] == "yes").mean()
+    assert abs((test1["y"] == "yes").mean() - overall) < 0.05
+    _, other = split(frame, target="y", test_size=0.25, seed=4, stratify=True)
+    assert list(other.index) != list(test1.index)
+
+
+def test_split_falls_back_when_a_class_is_too_rare_and_drops_missing_targets() -> None:
+    frame = binary_frame(40)
+    frame.loc[0, "y"] = "rare"  # one row only: stratifying would fail
+    frame.loc[1, "y"] = None
+    train, test = split(frame, target="y", test_size=0.25, seed=0, stratify=True)
+    assert len(train) + len(test) == 39
+    assert 1 not in train.index and 1 not in test.index
+
+
+@pytest.mark.parametrize("size", [0, 1, 1.5])
+def test_split_refuses_bad_test_size(size: float) -> None:
+    with pytest.raises(TrainingError, match="test_size"):
+        split(binary_frame(), target="y", test_size=size, seed=0, stratify=False)
+
+
+def test_split_names_a_missing_target() -> None:
+    with pytest.raises(TrainingError, match="'label' is not in the dataset"):
+        split(binary_frame(), target="label", test_size=0.2, seed=0, stratify=False)
+
+
+def test_is_classifier_target() -> None:
+    assert is_classifier_target(pd.Series(["a", "b"], dtype="str"))
+    assert is_classifier_target(pd.Series([True, False]))
+    assert is_classifier_target(pd.Series([0, 1, 1, 2]))
+    assert is_classifier_target(pd.Series(pd.array([0, 1, None], dtype="Int64")))
+    assert not is_classifier_target(pd.Series(range(100)))
+    assert not is_classifier_target(pd.Series([0.5, 1.5, 2.0]))
+
+
+def test_estimator_outside_the_allowlist_is_refused_before_import() -> None:
+    with pytest.raises(TrainingError, match="not allowed"):
+        build_estimator("os.system", {}, ALLOWED)
+    with pytest.raises(TrainingError, match="not allowed"):
+        build_estimator("sklearn.svm.SVC", {}, ALLOWED)
+
+
+def test_unknown_hyperparameter_is_named() -> None:
+    with pytest.raises(TrainingError, match=r"unknown hyperparameter 'n_trees'.*n_estimators"):
+        build_estimator("sklearn.ensemble.RandomForestClassifier", {"n_trees": 5}, ALLOWED)
+
+
+def test_bad_hyperparameter_value_is_named() -> None:
+    with pytest.raises(TrainingError, match="'n_estimators' parameter"):
+        build_estimator("sklearn.ensemble.RandomForestClassifier", {"n_estimators": -1}, ALLOWED)
+
+
+def test_build_estimator_sets_hyperparameters() -> None:
+    model = build_estimator("sklearn.linear_model.LogisticRegression", {"C": 0.3}, ALLOWED)
+    assert isinstance(model, LogisticRegression) and model.C == 0.3
+
+
+def test_fit_builtin_binary() -> None:
+    train, test = split(binary_frame(), target="y", test_size=0.2, seed=0, stratify=True)
+    model = fit_builtin(
+        train,
+        target="y",
+        estimator="sklearn.linear_model.LogisticRegression",
+        hyperparameters={},
+        preprocessing="auto",
+        allowed=ALLOWED,
+    )
+    assert isinstance(model, Pipeline)
+    assert list(model.classes_) == ["no", "yes"]
+    assert (model.predict(test.drop(columns="y")) == test["y"].to_numpy()).mean() > 0.85
+
+
+def test_fit_builtin_multiclass_and_regression() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(150, 2))
+    multi = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": np.digitize(x[:, 0], [-0.5, 0.5])})
+    model = fit_builtin(
+        multi,
+        target="y",
+        estimator="sklearn.ensemble.RandomForestClassifier",
+        hyperparameters={"n_estimators": 10, "random_state": 0},
+        preprocessing="auto",
+        allowed=ALLOWED,
+    )
+    assert list(model.classes_) == [0, 1, 2]
+    reg = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": 3 * x[:, 0] - x[:, 1]})
+    fitted = fit_builtin(
+        reg,
+        target="y",
+        estimator="sklearn.linear_model.LinearRegression",
+        hyperparameters={},
+        preprocessing="none",
+        allowed=ALLOWED,
+    )
+    assert isinstance(fitted, LinearRegression)
+    assert fitted.score(reg[["a", "b"]], reg["y"]) > 0.99
+
+
+def test_auto_preprocessing_handles_categories_gaps_and_drops_datetimes(tmp_path: Path) -> None:
+    frame = mixed_frame()
+    notes: list[str] = []
+    model = fit_builtin(
+        frame,
+        target="y",
+        estimator="sklearn.ensemble.HistGradientBoostingClassifier",
+        hyperparameters={"max_iter": 20},
+        preprocessing="auto",
+        allowed=ALLOWED,
+        notes=notes,
+    )
+    assert any("'when'" in note for note in notes)
+    unseen = frame.drop(columns="y").head(3).assign(city=["tokyo", None, "rome"])
+    assert len(model.predict(unseen)) == 3
+    # Only library types go in, so the registry accepts the saved file.
+    save_model(model, tmp_path / "m.skops")
+    assert inspect_file(tmp_path / "m.skops").types
+
+
+def test_auto_preprocessing_on_a_table_read_from_csv(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    lines = ["n,i,s,b,y"] + [
+        f"{i % 7 if i % 5 else ''},{i if i % 4 else ''},{'abc'[i % 3] if i % 6 else ''},"
+        f"{['true', 'false', ''][i % 3]},{'pos' if i % 2 else 'neg'}"
+        for i in range(60)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    frame = read_table(path, "csv")
+    assert str(frame["b"].dtype) == "boolean" and str(frame["i"].dtype) == "Int64"
+    model = fit_builtin(
+        frame,
+        target="y",
+        estimator="sklearn.linear_model.LogisticRegression",
+        hyperparameters={},
+        preprocessing="auto",
+        allowed=ALLOWED,
+    )
+    assert set(model.predict(frame.drop(columns="y"))) <= {"pos", "neg"}
+
+
+def test_preprocessing_none_on_text_is_a_training_error_with_a_hint() -> None:
+    with pytest.raises(TrainingError, match="try 'auto'"):
+        fit_builtin(
+            mixed_frame().drop(columns=["when"]),
+            target="y",
+            estimator="sklearn.linear_model.LogisticRegression",
+            hyperparameters={},
+            preprocessing="none",
+            allowed=ALLOWED,
+        )
+
+
+def test_build_pipeline_refuses_a_frame_without_features() -> None:
+    with pytest.raises(TrainingError, match="no usable feature"):
+        build_pipeline(
+            LogisticRegression(), pd.DataFrame({"t": pd.date_range("2024", periods=3)}), "auto"
+        )
+
+
+def test_fit_entrypoint_accepts_a_fitted_model_and_refuses_others() -> None:
+    frame = binary_frame()
+
+    def good(train: pd.DataFrame, params: dict[str, Any]) -> Any:
+        return LogisticRegression(C=params["C"]).fit(train[["a", "b"]], train["y"])
+
+    model = fit_entrypoint(frame, good, {"C": 2.0})
+    assert model.C == 2.0
+    with pytest.raises(TrainingError, match="unfitted LogisticRegression"):
+        fit_entrypoint(frame, lambda train, params: LogisticRegression(), {})
+    with pytest.raises(TrainingError, match=r"has no fit\(\) or predict\(\)"):
+        fit_entrypoint(frame, lambda train, params: {"weights": [1, 2]}, {})
+
+
+def test_supports() -> None:
+    assert supports(RandomForestClassifier()) == {"warm_start": True, "partial_fit": False}
+    assert supports(Pipeline([("m", SGDClassifier())])) == {"warm_start": True, "partial_fit": True}
+    assert supports(LinearRegression()) == {"warm_start": False, "partial_fit": False}

@@ -1,0 +1,139 @@
+"""Whole pipeline runs, executed by the same job functions the workers run (inline transport),
+with real training subprocesses, real git repositories and real model files."""
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import InlineJobs
+from tests.pipelines.helpers import ci_spec, git, make_repo, upload_churn
+
+
+def create(api: TestClient, name: str, spec: dict) -> None:
+    response = api.post("/api/v1/pipelines", json={"name": name, "spec": spec})
+    assert response.status_code == 201, response.text
+
+
+def test_builtin_estimator_pipeline_blesses_registers_and_packages(
+    api: TestClient, jobs: InlineJobs
+) -> None:
+    dataset = upload_churn(api)
+    create(api, "ci", ci_spec(entrypoint=False))
+    run = api.post("/api/v1/pipelines/ci/runs", json={}).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+    assert done["status"] == "succeeded", done
+    tasks = {t["name"]: t for t in done["tasks"]}
+    assert [t["status"] for t in done["tasks"]] == ["succeeded"] * 4
+    assert tasks["train"]["inputs"]["dataset_version_id"] == dataset["id"]
+    assert tasks["train"]["outputs"]["dataset_digest"] == dataset["digest"]
+    assert tasks["evaluate"]["outputs"]["verdict"] == "blessed"
+    assert tasks["register"]["outputs"]["version"] == 1
+    assert tasks["package"]["outputs"]["bundle_digest"]
+    assert all(t["attempts"] == 1 and t["duration_ms"] is not None for t in done["tasks"])
+    version = api.get("/api/v1/models/churn/versions/1").json()
+    assert version["status"] == "ready" and version["package_status"] == "ready"
+    assert {"accuracy", "holdout_accuracy", "train_accuracy"} <= set(version["metrics"])
+    log = api.get(f"/api/v1/pipeline-runs/{run['id']}/tasks/train/logs").json()
+    assert "training run" in log["text"] and log["complete"]
+
+
+def test_rejected_model_ends_rejected_not_failed(api: TestClient, jobs: InlineJobs) -> None:
+    upload_churn(api)
+    create(api, "strict", ci_spec(entrypoint=False, min_accuracy=0.999))
+    run = api.post("/api/v1/pipelines/strict/runs", json={}).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+    assert done["status"] == "rejected"
+    statuses = {t["name"]: t["status"] for t in done["tasks"]}
+    assert statuses == {
+        "train": "succeeded",
+        "evaluate": "rejected",
+        "register": "skipped",
+        "package": "skipped",
+    }
+    assert "accuracy" in done["error"]
+    assert api.get("/api/v1/models/churn").status_code == 404
+
+
+def test_must_beat_the_champion(api: TestClient, jobs: InlineJobs) -> None:
+    upload_churn(api)
+    spec = ci_spec(entrypoint=False)
+    spec["tasks"][2]["params"]["alias"] = "champion"
+    create(api, "ci", spec)
+    first = api.post("/api/v1/pipelines/ci/runs", json={}).json()
+    jobs.run()
+    assert api.get(f"/api/v1/pipeline-runs/{first['id']}").json()["status"] == "succeeded"
+    assert api.get("/api/v1/models/churn").json()["aliases"] == {"champion": 1}
+    # the same training again cannot beat the champion by a positive tolerance
+    spec["tasks"][1]["params"]["tolerance"] = 0.05
+    api.patch("/api/v1/pipelines/ci", json={"spec": spec})
+    second = api.post("/api/v1/pipelines/ci/runs", json={}).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{second['id']}").json()
+    assert done["status"] == "rejected"
+    evaluate = next(t for t in done["tasks"] if t["name"] == "evaluate")
+    assert evaluate["outputs"]["champion_version"] == 1
+    assert evaluate["outputs"]["champion_metrics"]
+
+
+def test_repo_entrypoint_and_cache(api: TestClient, jobs: InlineJobs, tmp_path: Path) -> None:
+    upload_churn(api)
+    repo, commit = make_repo(tmp_path)
+    spec = ci_spec()
+    spec["tasks"][0]["cache"] = True
+    create(api, "ci", spec)
+    source = api.post(
+        "/api/v1/sources/git",
+        json={"name": "repo", "repo_url": f"file://{repo}", "pipeline": "ci"},
+    )
+    assert source.status_code == 201, source.text
+    first = api.post("/api/v1/pipelines/ci/runs", json={"source": "repo", "commit": commit}).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{first['id']}").json()
+    assert done["status"] == "succeeded", done
+    train = done["tasks"][0]
+    assert train["outputs"]["commit"] == commit
+    run = api.get(f"/api/v1/runs/{train['outputs']['run_id']}").json()
+    assert run["params"]["C"] == "0.5" and run["code_version"]["commit"] == commit
+
+    again = api.post("/api/v1/pipelines/ci/runs", json={"source": "repo", "commit": commit}).json()
+    jobs.run()
+    cached = api.get(f"/api/v1/pipeline-runs/{again['id']}").json()["tasks"][0]
+    assert cached["cached_from_task_run_id"] is not None and cached["outputs"]["cached"] is True
+
+    (repo / "churn_model.py").write_text((repo / "churn_model.py").read_text() + "\n# tweak\n")
+    git(repo, "commit", "-qam", "tweak")
+    newer = git(repo, "rev-parse", "HEAD")
+    third = api.post("/api/v1/pipelines/ci/runs", json={"source": "repo", "commit": newer}).json()
+    jobs.run()
+    fresh = api.get(f"/api/v1/pipeline-runs/{third['id']}").json()["tasks"][0]
+    assert fresh["cached_from_task_run_id"] is None  # a new commit is a new cache key
+    upload_churn(api, seed=99)  # new data: a new digest, so no cache hit either
+    fourth = api.post("/api/v1/pipelines/ci/runs", json={"source": "repo", "commit": newer}).json()
+    jobs.run()
+    assert (
+        api.get(f"/api/v1/pipeline-runs/{fourth['id']}").json()["tasks"][0][
+            "cached_from_task_run_id"
+        ]
+        is None
+    )
+
+
+def test_failure_retries_with_backoff_then_fails_downstream(
+    api: TestClient, jobs: InlineJobs
+) -> None:
+    upload_churn(api)
+    spec = ci_spec(entrypoint=False)
+    spec["tasks"][0]["params"]["target"] = "no_such_column"
+    spec["tasks"][0]["retries"] = 1
+    spec["tasks"][0]["retry_backoff_seconds"] = 0.1
+    create(api, "broken", spec)
+    run = api.post("/api/v1/pipelines/broken/runs", json={}).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+    assert done["status"] == "failed"
+    train = done["tasks"][0]
+    assert train["status"] == "failed" and train["attempts"] == 2
+    assert "no_such_column" in train["error"]
+    assert [t["status"] for t in done["tasks"][1:]] == ["upstream_failed"] * 3
