@@ -23,7 +23,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
-        broker_connection_max_retries=0,
+        broker_connection_max_retries=None,  # workers and beat reconnect forever after an outage
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={

@@ -113,3 +113,48 @@ def run_ci_flow(base: str, token: str, tmp_path: Path) -> None:
         assert "fitting on" in log["text"] and log["complete"] is True
         runs = http.get("/api/v1/pipeline-runs?pipeline=churn-ci").json()["items"]
         assert len(runs) == 1
+
+
+def wait_for(
+    http: httpx.Client, path: str, field: str, while_value: str, timeout: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = http.get(path).json()
+        if body[field] != while_value or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def run_registry_flow(base: str, token: str, tmp_path: Path) -> None:
+    """Register a run's model and package it; the workers (wherever they run) finish both."""
+    from tests.registry.helpers import fit_pipeline, skops_bytes
+
+    frame = churn_frame()
+    with httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as http:
+        http.post("/api/v1/datasets", json={"name": "churn"})
+        dataset = http.post(
+            "/api/v1/datasets/churn/versions", files={"file": ("c.csv", csv_bytes(frame))}
+        ).json()
+        exp = http.post("/api/v1/experiments", json={"name": "e"}).json()
+        run = http.post("/api/v1/runs", json={"experiment_id": exp["id"]}).json()
+        model = skops_bytes(fit_pipeline(frame), tmp_path)
+        http.put(
+            f"/api/v1/runs/{run['id']}/artifacts/model.skops", content=model
+        ).raise_for_status()
+        http.post("/api/v1/models", json={"name": "churn"}).raise_for_status()
+        body = {
+            "run_id": run["id"],
+            "artifact_path": "model.skops",
+            "dataset_version_id": dataset["id"],
+            "target": "churned",
+        }
+        created = http.post("/api/v1/models/churn/versions", json=body)
+        assert created.status_code == 202, created.text
+        version = wait_for(http, "/api/v1/models/churn/versions/1", "status", "pending")
+        assert version["status"] == "ready", version
+        http.post("/api/v1/models/churn/versions/1/package").raise_for_status()
+        packaged = wait_for(http, "/api/v1/models/churn/versions/1", "package_status", "pending")
+        assert packaged["package_status"] == "ready", packaged

@@ -170,50 +170,9 @@ def test_cli_tokens_create_prints_a_working_token(home: Path) -> None:
 
 def test_embedded_worker_finishes_registry_jobs(server: Server, tmp_path: Path) -> None:
     """No Redis, no separate worker: the in-process worker takes the version to ready."""
-    from tests.registry.helpers import churn_frame, csv_bytes, fit_pipeline, skops_bytes
+    from tests.e2e.ci_flow import run_registry_flow
 
-    token = printed_token(server.lines)
-    frame = churn_frame()
-    with httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ) as http:
-        http.post("/api/v1/datasets", json={"name": "churn"})
-        dataset = http.post(
-            "/api/v1/datasets/churn/versions", files={"file": ("c.csv", csv_bytes(frame))}
-        ).json()
-        exp = http.post("/api/v1/experiments", json={"name": "e"}).json()
-        run = http.post("/api/v1/runs", json={"experiment_id": exp["id"]}).json()
-        http.put(
-            f"/api/v1/runs/{run['id']}/artifacts/model.skops",
-            content=skops_bytes(fit_pipeline(frame), tmp_path),
-        ).raise_for_status()
-        http.post("/api/v1/models", json={"name": "churn"}).raise_for_status()
-        created = http.post(
-            "/api/v1/models/churn/versions",
-            json={
-                "run_id": run["id"],
-                "artifact_path": "model.skops",
-                "dataset_version_id": dataset["id"],
-                "target": "churned",
-            },
-        )
-        assert created.status_code == 202, created.text
-        version = wait_for(http, "/api/v1/models/churn/versions/1", "status", "pending")
-        assert version["status"] == "ready", version
-        http.post("/api/v1/models/churn/versions/1/package").raise_for_status()
-        packaged = wait_for(http, "/api/v1/models/churn/versions/1", "package_status", "pending")
-        assert packaged["package_status"] == "ready", packaged
-
-
-def wait_for(
-    http: httpx.Client, path: str, field: str, while_value: str, timeout: float = 30
-) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict = http.get(path).json()
-        if body[field] != while_value or time.monotonic() > deadline:
-            return body
-        time.sleep(0.2)
+    run_registry_flow(server.url, printed_token(server.lines), tmp_path)
 
 
 def test_embedded_git_push_runs_the_whole_ci_loop(server: Server, tmp_path: Path) -> None:

@@ -1,0 +1,231 @@
+"""No loss: a worker killed mid-task, and a broker down while work is created.
+
+Real processes throughout: the API, Celery workers and beat, Postgres, and Redis (a private
+redis-server for the outage test, so the machine's shared one is never stopped).
+"""
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.auth import service as auth_service
+from app.core.db import create_db_engine, create_session_factory, unit_of_work
+from app.core.migrate import upgrade
+from app.core.security import Role
+from tests.dbutil import scratch_postgres
+from tests.e2e.ci_flow import wait_run
+from tests.e2e.services import (
+    BIN,
+    Process,
+    free_port,
+    redis_url,
+    require_redis,
+    service_env,
+    start_api,
+    start_worker,
+)
+from tests.pipelines.helpers import git, make_repo
+
+pytestmark = pytest.mark.slow
+SLOW_TASK = """import time
+
+
+def run(workdir, seconds=8, **kwargs):
+    time.sleep(seconds)
+    return "slept"
+"""
+
+
+def make_slow_repo(root: Path) -> tuple[str, str]:
+    repo, _ = make_repo(root)
+    (repo / "slow.py").write_text(SLOW_TASK)
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "slow task")
+    return f"file://{repo}", git(repo, "rev-parse", "HEAD")
+
+
+def start_beat(env: dict[str, str], log_dir: Path) -> Process:
+    schedule = log_dir / "beat-schedule"
+    return Process(
+        [str(BIN / "celery"), "-A", "workers", "beat", "-l", "INFO", "-s", str(schedule)],
+        env,
+        log_dir / "beat.log",
+    )
+
+
+def admin_token(url: str) -> str:
+    engine = create_db_engine(url)
+    with unit_of_work(create_session_factory(engine)) as session:
+        _, token = auth_service.create_token(session, name="e2e", role=Role.admin)
+    engine.dispose()
+    return token
+
+
+def prepare(http: httpx.Client, repo_url: str, seconds: int) -> None:
+    spec = {
+        "tasks": [
+            {
+                "name": "slow",
+                "type": "python",
+                "params": {"function": "slow:run", "args": {"seconds": seconds}},
+            }
+        ]
+    }
+    http.post("/api/v1/pipelines", json={"name": "slow", "spec": spec}).raise_for_status()
+    http.post(
+        "/api/v1/sources/git", json={"name": "repo", "repo_url": repo_url, "pipeline": "slow"}
+    ).raise_for_status()
+
+
+def start_running(http: httpx.Client, commit: str, worker: Process) -> dict[str, Any]:
+    """Start the slow pipeline and return once its task is running on a worker."""
+    run: dict[str, Any] = http.post(
+        "/api/v1/pipelines/slow/runs", json={"source": "repo", "commit": commit}
+    ).json()
+    deadline = time.monotonic() + 60
+    while http.get(f"/api/v1/pipeline-runs/{run['id']}").json()["tasks"][0]["status"] != "running":
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.2)
+    return run
+
+
+@pytest.fixture
+def database(database_url: str, requires_postgres: None) -> Iterator[str]:
+    with scratch_postgres(database_url, prefix="flywheel_reliability") as url:
+        upgrade(url)
+        yield url
+
+
+def test_worker_killed_mid_task_the_run_still_completes(database: str, tmp_path: Path) -> None:
+    broker = redis_url(6)
+    require_redis(broker)
+    env = service_env(database, broker, tmp_path / "home") | {
+        "FLYWHEEL_TASK_HEARTBEAT_SECONDS": "1",
+        "FLYWHEEL_SWEEP_SECONDS": "1",
+    }
+    api, base = start_api(env, tmp_path)
+    beat = start_beat(env, tmp_path)
+    first = start_worker(env, tmp_path, "first", "-P", "prefork", "-c", "1")
+    second: Process | None = None
+    repo_url, commit = make_slow_repo(tmp_path)
+    headers = {"Authorization": f"Bearer {admin_token(database)}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            prepare(http, repo_url, seconds=8)
+            run = start_running(http, commit, first)
+            second = start_worker(env, tmp_path, "second", "-P", "prefork", "-c", "1")
+            time.sleep(1)
+            first.popen.send_signal(signal.SIGKILL)  # the main process, and with it the pool
+            subprocess.run(["pkill", "-9", "-f", "first@"], check=False)
+            first.popen.wait()
+            done = wait_run(http, run["id"], timeout=120)
+            assert done["status"] == "succeeded", (done, second.output(), beat.output())
+            task = done["tasks"][0]
+            assert task["attempts"] >= 2 and task["outputs"]["return"] == "slept"
+            assert "second@" not in (task["error"] or "")  # succeeded on the surviving worker
+    finally:
+        for process in (second, first, beat, api):
+            if process is not None:
+                process.stop()
+
+
+def test_broker_down_while_a_run_is_created_nothing_is_lost(database: str, tmp_path: Path) -> None:
+    port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    redis_args = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(redis_dir),
+    ]
+    broker = f"redis://127.0.0.1:{port}/0"
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(redis_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
+                ).returncode
+                == 0
+            ):
+                return process
+            time.sleep(0.05)
+        raise AssertionError("private redis did not start")
+
+    redis = start_redis()
+    env = service_env(database, broker, tmp_path / "home")
+    api, base = start_api(env, tmp_path)
+    beat = start_beat(env, tmp_path)
+    worker = start_worker(env, tmp_path, "w", "-P", "prefork", "-c", "1")
+    repo_url, commit = make_slow_repo(tmp_path)
+    headers = {"Authorization": f"Bearer {admin_token(database)}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+            prepare(http, repo_url, seconds=1)
+            redis.terminate()
+            redis.wait()
+            accepted = http.post(
+                "/api/v1/pipelines/slow/runs", json={"source": "repo", "commit": commit}
+            )
+            assert accepted.status_code == 202, accepted.text
+            run_id = accepted.json()["id"]
+            time.sleep(3)
+            assert http.get(f"/api/v1/pipeline-runs/{run_id}").json()["status"] == "queued"
+            redis = start_redis()
+            done = wait_run(http, run_id, timeout=120)
+            assert done["status"] == "succeeded", (
+                done,
+                worker.output()[-3000:],
+                beat.output()[-3000:],
+            )
+    finally:
+        worker.stop()
+        beat.stop()
+        api.stop()
+        redis.terminate()
+        redis.wait()
+
+
+def test_cancel_stops_a_running_task_within_seconds(database: str, tmp_path: Path) -> None:
+    broker = redis_url(5)
+    require_redis(broker)
+    env = service_env(database, broker, tmp_path / "home") | {
+        "FLYWHEEL_TASK_HEARTBEAT_SECONDS": "1"
+    }
+    api, base = start_api(env, tmp_path)
+    worker = start_worker(env, tmp_path, "w", "-P", "prefork", "-c", "1")
+    repo_url, commit = make_slow_repo(tmp_path)
+    headers = {"Authorization": f"Bearer {admin_token(database)}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            prepare(http, repo_url, seconds=120)
+            run = start_running(http, commit, worker)
+            asked = time.monotonic()
+            assert http.post(f"/api/v1/pipeline-runs/{run['id']}/cancel").status_code == 200
+            done = wait_run(http, run["id"], timeout=30)
+            stopped_in = time.monotonic() - asked
+            assert done["status"] == "cancelled", done
+            assert done["tasks"][0]["status"] == "cancelled"
+            assert stopped_in < 10, stopped_in
+            orphans = subprocess.run(
+                ["pgrep", "-f", "app.pipelines.runner"], capture_output=True, text=True
+            )
+            assert orphans.stdout.strip() == "", "the training subprocess is still running"
+    finally:
+        worker.stop()
+        api.stop()
