@@ -125,9 +125,10 @@ class InlineJobs:
 @pytest.fixture
 def jobs(settings: Settings, session_factory: sessionmaker[Session]) -> InlineJobs:
     store = ArtifactStore(settings.resolved_artifact_root)
-    return InlineJobs(
-        JobContext(settings=settings, artifacts=store, session_factory=session_factory)
-    )
+    jobs = InlineJobs(JobContext(settings, store, session_factory))
+    # jobs hand their own outbox rows to this transport right after they commit, as in workers
+    jobs.ctx = JobContext(settings, store, session_factory, publish=jobs.publish)
+    return jobs
 
 
 @pytest.fixture

@@ -222,9 +222,8 @@ def test_cancel_stops_a_running_task_within_seconds(database: str, tmp_path: Pat
             assert done["status"] == "cancelled", done
             assert done["tasks"][0]["status"] == "cancelled"
             assert stopped_in < 10, stopped_in
-            orphans = subprocess.run(
-                ["pgrep", "-f", "app.pipelines.runner"], capture_output=True, text=True
-            )
+            ours = str(tmp_path / "home" / "work")  # only this test's runner, not others'
+            orphans = subprocess.run(["pgrep", "-f", ours], capture_output=True, text=True)
             assert orphans.stdout.strip() == "", "the training subprocess is still running"
     finally:
         worker.stop()

@@ -137,3 +137,78 @@ def test_failure_retries_with_backoff_then_fails_downstream(
     assert train["status"] == "failed" and train["attempts"] == 2
     assert "no_such_column" in train["error"]
     assert [t["status"] for t in done["tasks"][1:]] == ["upstream_failed"] * 3
+
+
+def test_independent_tasks_are_queued_together(api: TestClient, jobs: InlineJobs) -> None:
+    from app.core.jobs import run_job
+
+    upload_churn(api)
+    train = ci_spec(entrypoint=False)["tasks"][0]
+    spec = {"tasks": [dict(train, name="a"), dict(train, name="b")]}
+    create(api, "fanout", spec)
+    run = api.post("/api/v1/pipelines/fanout/runs", json={}).json()
+    advance = jobs.queue.pop(0)
+    run_job(jobs.ctx, advance.task, advance.payload)
+    state = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+    assert [t["status"] for t in state["tasks"]] == ["queued", "queued"]
+    assert [m.task for m in jobs.queue] == ["pipelines.execute_task"] * 2
+
+
+def test_task_timeout_stops_the_subprocess(
+    api: TestClient, jobs: InlineJobs, tmp_path: Path
+) -> None:
+    repo, _ = make_repo(tmp_path)
+    (repo / "slow.py").write_text(
+        "import time\n\n\ndef run(workdir, **kwargs):\n    time.sleep(60)\n"
+    )
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "slow")
+    spec = {
+        "tasks": [
+            {"name": "slow", "type": "python", "params": {"function": "slow:run"}, "timeout": 2}
+        ]
+    }
+    create(api, "slow", spec)
+    api.post(
+        "/api/v1/sources/git",
+        json={"name": "repo", "repo_url": f"file://{repo}", "pipeline": "slow"},
+    )
+    run = api.post("/api/v1/pipelines/slow/runs", json={"source": "repo", "branch": "main"}).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+    assert done["status"] == "failed"
+    assert done["tasks"][0]["error"] == "timed out after 2 s"
+    assert done["tasks"][0]["duration_ms"] < 15_000
+
+
+def test_sweep_requeues_lost_tasks_and_fails_them_past_their_timeout(
+    api: TestClient, jobs: InlineJobs, session
+) -> None:
+    from datetime import timedelta
+
+    from app.core.db import utcnow
+    from app.core.jobs import run_job
+    from app.pipelines.housekeeping import SWEEP_JOB
+    from app.pipelines.models import TaskRun, TaskStatus
+
+    upload_churn(api)
+    create(api, "lost", ci_spec(entrypoint=False))
+    run = api.post("/api/v1/pipelines/lost/runs", json={}).json()
+    jobs.queue.clear()
+    task = session.query(TaskRun).filter_by(pipeline_run_id=run["id"], name="train").one()
+    task.status, task.worker = TaskStatus.running, "gone:1"
+    task.started_at = task.heartbeat_at = utcnow() - timedelta(minutes=2)
+    session.commit()
+    run_job(jobs.ctx, SWEEP_JOB, {})
+    session.refresh(task)
+    assert task.status == TaskStatus.queued and "stopped heartbeating" in task.error
+    task.status = TaskStatus.running
+    task.started_at = task.heartbeat_at = utcnow() - timedelta(hours=2)  # past its 300 s timeout
+    session.commit()
+    jobs.queue.clear()
+    run_job(jobs.ctx, SWEEP_JOB, {})
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+    assert done["status"] == "failed"
+    assert "timed out after 300 s" in done["tasks"][0]["error"]
+    assert [t["status"] for t in done["tasks"][1:]] == ["upstream_failed"] * 3
