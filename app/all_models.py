@@ -4,6 +4,7 @@ from app.auth import models as auth_models
 from app.core.db import Base
 from app.core.outbox import OutboxMessage
 from app.datasets import models as dataset_models
+from app.deployments import models as deployment_models
 from app.events import models as event_models
 from app.pipelines import models as pipeline_models
 from app.registry import models as registry_models
@@ -15,6 +16,7 @@ __all__ = [
     "OutboxMessage",
     "auth_models",
     "dataset_models",
+    "deployment_models",
     "event_models",
     "pipeline_models",
     "registry_models",

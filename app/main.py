@@ -18,6 +18,7 @@ from app.core.errors import install_error_handlers
 from app.core.observability import PrometheusMiddleware
 from app.core.outbox import Publish
 from app.datasets.router import router as datasets_router
+from app.deployments.router import router as deployments_router
 from app.health.router import router as health_router
 from app.pipelines.router import pipelines as pipelines_router
 from app.pipelines.router import runs as pipeline_runs_router
@@ -80,6 +81,7 @@ def create_app(
         pipeline_runs_router,
         sources_router,
         hooks_router,
+        deployments_router,
     )
     for router in routers:
         app.include_router(router)

@@ -14,6 +14,7 @@ from app.core.outbox import enqueue
 from app.core.pagination import PageParams, keyset_page
 from app.core.security import Role
 from app.datasets.models import DatasetVersion
+from app.deployments.models import Deployment, Variant
 from app.events import service as events
 from app.ml.model_files import ModelFileError, inspect_file
 from app.registry.models import AliasMove, ModelAlias, ModelVersion, RegisteredModel, VersionStatus
@@ -77,6 +78,18 @@ def update_model(session: Session, name: str, data: ModelUpdate) -> RegisteredMo
 
 def delete_model(session: Session, name: str, *, by: Principal) -> None:
     model = get_model_or_raise(session, name, for_update=True)
+    serving = session.scalars(
+        select(Deployment.name)
+        .join(Variant)
+        .join(ModelVersion, ModelVersion.id == Variant.model_version_id)
+        .where(ModelVersion.model_id == model.id)
+        .distinct()
+    ).all()
+    if serving:
+        raise Conflict(
+            f"model {name!r} is deployed by {sorted(serving)}; "
+            "change or delete those deployments first"
+        )
     events.record(session, "model.deleted", subject(model), {"model": name}, by.name)
     session.delete(model)
     session.flush()
