@@ -5,7 +5,7 @@ point moves forward with one INSERT ... ON CONFLICT DO UPDATE, in the same trans
 """
 
 import time
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,21 +63,25 @@ def _insert_history(session: Session, rows: list[Row]) -> None:
         copy.write(text)
 
 
-def _upsert_latest(session: Session, rows: list[Row]) -> None:
-    dialect = session.get_bind().dialect.name
+def _upsert_statement(dialect: str) -> Any:
+    """Built once per dialect and executed with many parameter sets, so SQLAlchemy compiles
+    it once instead of on every request."""
     insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = LATEST
-    stmt = insert_for(table).values(
-        [
-            {"run_id": r[0], "key": r[1], "value": r[2], "step": r[3], "timestamp": r[4]}
-            for r in rows
-        ]
-    )
+    stmt = insert_for(LATEST)
     excluded = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.run_id, table.c.key],
+    return stmt.on_conflict_do_update(
+        index_elements=[LATEST.c.run_id, LATEST.c.key],
         set_={"value": excluded.value, "step": excluded.step, "timestamp": excluded.timestamp},
-        where=tuple_(table.c.step, table.c.timestamp, table.c.value)
+        where=tuple_(LATEST.c.step, LATEST.c.timestamp, LATEST.c.value)
         < tuple_(excluded.step, excluded.timestamp, excluded.value),
     )
-    session.execute(stmt)
+
+
+UPSERTS = {name: _upsert_statement(name) for name in ("postgresql", "sqlite")}
+
+
+def _upsert_latest(session: Session, rows: list[Row]) -> None:
+    params = [
+        {"run_id": r[0], "key": r[1], "value": r[2], "step": r[3], "timestamp": r[4]} for r in rows
+    ]
+    session.execute(UPSERTS[session.get_bind().dialect.name], params)
