@@ -70,10 +70,32 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
     from workers import embedded  # the worker stack loads only in the modes that run it
 
     worker = embedded.start()
+    gateway = _start_gateway_thread(settings)
+    typer.echo(
+        f"Gateway (data plane) at http://{settings.host}:{settings.gateway_port}/serve/<deployment>/predict"
+    )
     try:
         uvicorn.run("app.asgi:app", host=settings.host, port=settings.port, log_level="info")
     finally:
+        gateway.should_exit = True
         worker.stop()
+
+
+def _start_gateway_thread(settings: Settings) -> uvicorn.Server:
+    """Embedded mode serves deployments from the same process tree as the API."""
+    import threading
+
+    from app.serving.gateway import create_gateway
+
+    config = uvicorn.Config(
+        create_gateway(settings),
+        host=settings.host,
+        port=settings.gateway_port,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, name="gateway", daemon=True).start()
+    return server
 
 
 @cli.command()
@@ -95,6 +117,16 @@ def api(
         log_level="info",
         access_log=False,
     )
+
+
+@cli.command()
+def gateway(host: HostOption = None, port: PortOption = None) -> None:
+    """The data plane: serves deployments from replica processes it starts and stops."""
+    from app.serving.gateway import create_gateway
+
+    settings = _settings(host, port)
+    gateway_port = port or settings.gateway_port
+    uvicorn.run(create_gateway(settings), host=settings.host, port=gateway_port, log_level="info")
 
 
 @db_cli.command("upgrade")

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64)
     max_upload_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest dataset or artifact upload accepted."

@@ -33,9 +33,11 @@ class Server:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway = f"http://127.0.0.1:{free_port()}"
+        env = clean_env(home) | {"FLYWHEEL_GATEWAY_PORT": self.gateway.rsplit(":", 1)[1]}
         self.process = subprocess.Popen(
             [*FLYWHEEL, "up", "--port", str(self.port)],
-            env=clean_env(home),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -50,9 +52,18 @@ class Server:
             if not line and self.process.poll() is not None:
                 raise AssertionError("flywheel up exited:\n" + "".join(self.lines))
             self.lines.append(line)
-            if "Application startup complete" in line:
+            if "Application startup complete" in line and self._answers():
                 return
         raise AssertionError("flywheel up did not start:\n" + "".join(self.lines))
+
+    def _answers(self) -> bool:
+        """Two servers start in this process (API and gateway): wait for the API itself."""
+        for _ in range(100):
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.1)
+        return False
 
     def stop(self) -> None:
         self.process.terminate()
@@ -168,11 +179,30 @@ def test_cli_tokens_create_prints_a_working_token(home: Path) -> None:
         srv.stop()
 
 
-def test_embedded_worker_finishes_registry_jobs(server: Server, tmp_path: Path) -> None:
-    """No Redis, no separate worker: the in-process worker takes the version to ready."""
+def test_embedded_worker_finishes_registry_jobs_and_the_gateway_serves(
+    server: Server, tmp_path: Path
+) -> None:
+    """No Redis, no separate worker: the in-process worker takes the version to ready, and
+    the in-process gateway serves a deployment of it from a replica process."""
     from tests.e2e.ci_flow import run_registry_flow
 
-    run_registry_flow(server.url, printed_token(server.lines), tmp_path)
+    token = printed_token(server.lines)
+    run_registry_flow(server.url, token, tmp_path)
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as http:
+        deployment = {"name": "churn", "variants": [{"name": "main", "model": "churn@latest"}]}
+        assert http.post("/api/v1/deployments", json=deployment).status_code == 201
+    row = {"age": 42, "income": 51000.0, "city": "Paris"}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            answer = httpx.post(f"{server.gateway}/serve/churn/predict", json={"rows": [row]})
+            if answer.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the embedded gateway never served the deployment"
+        time.sleep(0.5)
+    assert answer.json()["predictions"] in ([0], [1]) and answer.json()["model_version"] == 1
 
 
 def test_embedded_git_push_runs_the_whole_ci_loop(server: Server, tmp_path: Path) -> None:

@@ -1,0 +1,54 @@
+"""Traffic decisions, pure and deterministic where they must be: which variant serves a
+request (weighted, sticky by a hash of the unit key) and which replica takes it."""
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Replica:
+    port: int
+    ready: bool = False
+    in_flight: int = 0
+    served: int = 0
+
+
+@dataclass
+class Lane:
+    """One variant of a deployment as the gateway serves it."""
+
+    name: str
+    weight: int
+    mode: str
+    version_id: int
+    version: int
+    model: str
+    signature: dict[str, object]
+    replicas: list[Replica] = field(default_factory=list)
+
+
+def bucket(deployment: str, unit: str) -> float:
+    """A stable point in [0, 100) for a unit: the same user lands in the same variant."""
+    digest = hashlib.sha256(f"{deployment}\x00{unit}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 1_000_000 / 10_000
+
+
+def choose(deployment: str, lanes: Sequence[Lane], unit: str | None, rng: random.Random) -> Lane:
+    live = [lane for lane in lanes if lane.mode == "live" and lane.weight > 0]
+    point = bucket(deployment, unit) if unit is not None else rng.random() * 100
+    edge = 0.0
+    for lane in live:
+        edge += lane.weight
+        if point < edge:
+            return lane
+    return live[-1]
+
+
+def least_outstanding(replicas: Sequence[Replica], rng: random.Random) -> Replica | None:
+    ready = [r for r in replicas if r.ready]
+    if not ready:
+        return None
+    fewest = min(r.in_flight for r in ready)
+    return rng.choice([r for r in ready if r.in_flight == fewest])

@@ -1,0 +1,39 @@
+import random
+
+from app.serving.routing import Lane, Replica, bucket, choose, least_outstanding
+
+
+def lanes() -> list[Lane]:
+    return [
+        Lane("blue", 90, "live", 1, 1, "m", {}),
+        Lane("green", 10, "live", 2, 2, "m", {}),
+        Lane("mirror", 0, "shadow", 2, 2, "m", {}),
+    ]
+
+
+def test_weights_land_within_two_points_over_5000_requests() -> None:
+    rng = random.Random(1)
+    picks = [choose("d", lanes(), None, rng).name for _ in range(5000)]
+    assert abs(picks.count("green") / 5000 * 100 - 10) <= 2
+    assert "mirror" not in picks
+
+
+def test_sticky_units_never_switch_and_spread_by_weight() -> None:
+    rng = random.Random(2)
+    users = [f"user-{i}" for i in range(5000)]
+    first = {u: choose("d", lanes(), u, rng).name for u in users}
+    again = {u: choose("d", lanes(), u, rng).name for u in users}
+    assert first == again
+    assert abs(list(first.values()).count("green") / 5000 * 100 - 10) <= 2
+    assert 0 <= bucket("d", "x") < 100
+
+
+def test_least_outstanding_skips_unready_and_busy() -> None:
+    rng = random.Random(3)
+    replicas = [
+        Replica(1, ready=False),
+        Replica(2, ready=True, in_flight=3),
+        Replica(3, ready=True, in_flight=1),
+    ]
+    assert least_outstanding(replicas, rng).port == 3  # type: ignore[union-attr]
+    assert least_outstanding([Replica(4)], rng) is None
