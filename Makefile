@@ -33,9 +33,11 @@ pytest: $(VENV)/.dev-installed
 
 test: lint typecheck pytest
 
-# The same suite on an embedded SQLite database, as on a laptop without Postgres.
+# The suite on an embedded SQLite database, as on a laptop without Postgres. The slow
+# end-to-end tests are left out here: they start their own processes (embedded mode already
+# runs on SQLite, the production-shaped ones need Postgres) and run in `make test`.
 test-sqlite: $(VENV)/.dev-installed
-	FLYWHEEL_TEST_SQLITE=1 FLYWHEEL_TEST_DATABASE_URL= $(BIN)/pytest
+	FLYWHEEL_TEST_SQLITE=1 FLYWHEEL_TEST_DATABASE_URL= $(BIN)/pytest -m "not slow"
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/tracking.py
