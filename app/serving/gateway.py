@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
@@ -30,6 +30,7 @@ from app.core.db import create_db_engine, create_session_factory
 from app.deployments.models import Deployment
 from app.ml.serving_contract import InputError, frame_from_payload
 from app.registry.models import ModelVersion, RegisteredModel
+from app.serving.autoscaler import Autoscaler
 from app.serving.routing import Lane, Replica, choose, least_outstanding
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ class Served:
     name: str
     generation: int
     unit_key: str | None
-    min_replicas: int
+    autoscaling: dict[str, Any]
     lanes: list[Lane]
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    scalers: dict[str, Autoscaler] = field(default_factory=dict)
 
 
 class Gateway:
@@ -86,9 +88,7 @@ class Gateway:
                             version.signature,
                         )
                     )
-                wanted[d.name] = Served(
-                    d.name, d.generation, d.unit_key, d.autoscaling["min_replicas"], lanes
-                )
+                wanted[d.name] = Served(d.name, d.generation, d.unit_key, d.autoscaling, lanes)
         return wanted
 
     async def reconcile(self) -> None:
@@ -100,10 +100,35 @@ class Gateway:
             if name not in self.served:
                 self.served[name] = target
                 for lane in target.lanes:
-                    for _ in range(max(1, target.min_replicas)):
+                    target.scalers[lane.name] = Autoscaler.from_policy(target.autoscaling)
+                    for _ in range(target.autoscaling["min_replicas"]):
                         await self.start_replica(target, lane)
         for served in self.served.values():
             await self.replace_crashed(served)
+            await self.autoscale(served)
+
+    async def autoscale(self, served: Served) -> None:
+        now = time.monotonic()
+        for lane in served.lanes:
+            scaler = served.scalers.setdefault(
+                lane.name, Autoscaler.from_policy(served.autoscaling)
+            )
+            in_flight = sum(r.in_flight for r in lane.replicas) + lane.waiting
+            scaler.observe(now, in_flight, requested=lane.requests > 0)
+            lane.requests = 0
+            decision = scaler.decide(now, len(lane.replicas))
+            if decision.desired == decision.current:
+                continue
+            lane.decisions.append({"at": time.time(), **asdict(decision)})
+            del lane.decisions[:-100]
+            logger.info("scale %s/%s: %s", served.name, lane.name, decision)
+            for _ in range(decision.desired - decision.current):
+                await self.start_replica(served, lane)
+            idle = [r for r in reversed(lane.replicas) if r.in_flight == 0]
+            for replica in idle[: max(0, decision.current - decision.desired)]:
+                lane.replicas.remove(replica)
+                process = served.processes.pop(replica.port)
+                process.terminate()
 
     async def start_replica(self, served: Served, lane: Lane) -> Replica:
         port = _free_port()
@@ -120,20 +145,25 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        replica = Replica(port=port)
+        replica = Replica(port=port, started_at=time.monotonic())
         lane.replicas.append(replica)
         served.processes[port] = process
-        asyncio.get_running_loop().create_task(self._await_ready(replica, process))
+        asyncio.get_running_loop().create_task(self._await_ready(lane, replica, process))
         return replica
 
-    async def _await_ready(self, replica: Replica, process: subprocess.Popen[bytes]) -> None:
+    async def _await_ready(
+        self, lane: Lane, replica: Replica, process: subprocess.Popen[bytes]
+    ) -> None:
+        """Ready when its health check answers; spawn-to-ready is the cold start, recorded."""
         deadline = time.monotonic() + READY_TIMEOUT
+        url = f"http://127.0.0.1:{replica.port}/health"
         while time.monotonic() < deadline and process.poll() is None:
             with contextlib.suppress(httpx.TransportError):
-                if (
-                    await self.http.get(f"http://127.0.0.1:{replica.port}/health")
-                ).status_code == 200:
+                if (await self.http.get(url)).status_code == 200:
+                    replica.ready_at = time.monotonic()
                     replica.ready = True
+                    lane.cold_starts.append(replica.ready_at - replica.started_at)
+                    del lane.cold_starts[:-100]
                     return
             await asyncio.sleep(0.05)
 
@@ -169,17 +199,29 @@ class Gateway:
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def forward(self, lane: Lane, payload: Any) -> tuple[int, dict[str, Any]]:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while (replica := least_outstanding(lane.replicas, self.rng)) is None:
-            if time.monotonic() > deadline:
-                return 503, {
-                    "error": {
-                        "code": "no_replica",
-                        "message": f"variant {lane.name} has no ready replica",
-                    }
-                }
-            await asyncio.sleep(0.02)
+    async def _ready_replica(self, served: Served, lane: Lane) -> Replica | None:
+        """Wait for a ready replica; the waiting request counts as load for the scaler."""
+        lane.waiting += 1
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while (replica := least_outstanding(lane.replicas, self.rng)) is None:
+                if time.monotonic() > deadline:
+                    return None
+                if not lane.replicas:  # stopped meanwhile: start one for this request
+                    await self.start_replica(served, lane)
+                await asyncio.sleep(0.02)
+            return replica
+        finally:
+            lane.waiting -= 1
+
+    async def forward(self, served: Served, lane: Lane, payload: Any) -> tuple[int, dict[str, Any]]:
+        lane.requests += 1
+        if not lane.replicas:  # scaled to zero: this request waits for a cold start
+            await self.start_replica(served, lane)
+        replica = await self._ready_replica(served, lane)
+        if replica is None:
+            message = f"variant {lane.name} has no ready replica"
+            return 503, {"error": {"code": "no_replica", "message": message}}
         replica.in_flight += 1
         try:
             response = await self.http.post(
@@ -236,6 +278,51 @@ def create_gateway(
     async def ready() -> dict[str, Any]:
         return {"ready": True, "deployments": sorted(gateway.served)}
 
+    @app.get("/gateway/deployments/{deployment}")
+    async def actual_state(deployment: str) -> JSONResponse:
+        """What this gateway actually runs: replicas, load, cold starts, scaling decisions."""
+        served = gateway.served.get(deployment)
+        if served is None:
+            return _error(404, "not_found", f"deployment {deployment!r} is not served here", "")
+        return JSONResponse(
+            {
+                "deployment": deployment,
+                "generation": served.generation,
+                "variants": [
+                    {
+                        "name": lane.name,
+                        "model": lane.model,
+                        "model_version": lane.version,
+                        "weight": lane.weight,
+                        "mode": lane.mode,
+                        "replicas": [
+                            {
+                                "port": r.port,
+                                "pid": served.processes[r.port].pid
+                                if r.port in served.processes
+                                else None,
+                                "ready": r.ready,
+                                "in_flight": r.in_flight,
+                                "served": r.served,
+                                "cold_start_seconds": None
+                                if r.ready_at is None
+                                else round(r.ready_at - r.started_at, 3),
+                            }
+                            for r in lane.replicas
+                        ],
+                        "cold_starts_seconds": [round(c, 3) for c in lane.cold_starts],
+                        "scaling_decisions": lane.decisions[-20:],
+                    }
+                    for lane in served.lanes
+                ],
+            }
+        )
+
+    @app.post("/v2/models/{deployment}/infer")
+    async def infer(deployment: str, request: Request) -> JSONResponse:
+        """Open Inference Protocol: one input tensor per column, answered as output tensors."""
+        return await _serve(gateway, deployment, request, protocol="v2")
+
     @app.post("/serve/{deployment}/predict")
     async def serve_predict(deployment: str, request: Request) -> JSONResponse:
         return await _serve(gateway, deployment, request)
@@ -243,7 +330,60 @@ def create_gateway(
     return app
 
 
-async def _serve(gateway: Gateway, deployment: str, request: Request) -> JSONResponse:
+def _from_v2(payload: Any) -> dict[str, Any]:
+    """OIP inputs [{name, shape, datatype, data}] (one per column) as dataframe_split rows."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+        raise InputError("an Open Inference Protocol body needs `inputs`: one tensor per column")
+    columns, values = [], []
+    for tensor in payload["inputs"]:
+        if (
+            not isinstance(tensor, dict)
+            or "name" not in tensor
+            or not isinstance(tensor.get("data"), list)
+        ):
+            raise InputError("each input needs `name` and `data` (a flat list, one value per row)")
+        columns.append(str(tensor["name"]))
+        values.append(tensor["data"])
+    if len({len(v) for v in values}) > 1:
+        raise InputError("every input tensor must have the same number of rows")
+    return {
+        "dataframe_split": {
+            "columns": columns,
+            "data": [list(row) for row in zip(*values, strict=True)],
+        }
+    }
+
+
+def _to_v2(body: dict[str, Any], request_id: str) -> dict[str, Any]:
+    outputs = [
+        {
+            "name": "predictions",
+            "shape": [len(body["predictions"])],
+            "datatype": "BYTES" if any(isinstance(p, str) for p in body["predictions"]) else "FP64",
+            "data": body["predictions"],
+        }
+    ]
+    if "probabilities" in body:
+        flat = [p for row in body["probabilities"] for p in row]
+        outputs.append(
+            {
+                "name": "probabilities",
+                "shape": [len(body["probabilities"]), len(body.get("classes", []))],
+                "datatype": "FP64",
+                "data": flat,
+            }
+        )
+    return {
+        "model_name": body["deployment"],
+        "model_version": str(body["model_version"]),
+        "id": request_id,
+        "outputs": outputs,
+    }
+
+
+async def _serve(
+    gateway: Gateway, deployment: str, request: Request, protocol: str = "flywheel"
+) -> JSONResponse:
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     served = gateway.served.get(deployment)
     if served is None or not served.lanes:
@@ -254,12 +394,14 @@ async def _serve(gateway: Gateway, deployment: str, request: Request) -> JSONRes
         return _error(400, "invalid_json", "the body is not valid JSON", request_id)
     lane = choose(deployment, served.lanes, _unit(served, request, payload), gateway.rng)
     try:
+        if protocol == "v2":
+            payload = _from_v2(payload)
         frame_from_payload(payload, lane.signature)
     except InputError as exc:
         return _error(422, "invalid_input", exc.message, request_id, exc.details)
     for shadow in (s for s in served.lanes if s.mode == "shadow"):
-        asyncio.get_running_loop().create_task(gateway.forward(shadow, payload))
-    status, body = await gateway.forward(lane, payload)
+        asyncio.get_running_loop().create_task(gateway.forward(served, shadow, payload))
+    status, body = await gateway.forward(served, lane, payload)
     headers = {
         "X-Request-Id": request_id,
         "X-Flywheel-Variant": lane.name,
@@ -275,7 +417,7 @@ async def _serve(gateway: Gateway, deployment: str, request: Request) -> JSONRes
         "model_version": lane.version,
         **body,
     }
-    return JSONResponse(body, headers=headers)
+    return JSONResponse(_to_v2(body, request_id) if protocol == "v2" else body, headers=headers)
 
 
 def _error(

@@ -13,6 +13,8 @@ class Replica:
     ready: bool = False
     in_flight: int = 0
     served: int = 0
+    started_at: float = 0.0
+    ready_at: float | None = None
 
 
 @dataclass
@@ -27,6 +29,10 @@ class Lane:
     model: str
     signature: dict[str, object]
     replicas: list[Replica] = field(default_factory=list)
+    requests: int = 0
+    waiting: int = 0  # requests held while a replica starts: load the scaler must see
+    cold_starts: list[float] = field(default_factory=list)
+    decisions: list[dict[str, object]] = field(default_factory=list)
 
 
 def bucket(deployment: str, unit: str) -> float:

@@ -78,7 +78,14 @@ def stack(
         gateway_app = create_gateway(settings, factory, interval=0.5)
         with live_server(gateway_app) as base:
             wait_ready(base, gateway_app)
-            yield {"base": base, "blue": blue, "green": green, "frame": frame, "app": gateway_app}
+            yield {
+                "base": base,
+                "blue": blue,
+                "green": green,
+                "frame": frame,
+                "app": gateway_app,
+                "api": api,
+            }
         engine.dispose()
 
 
@@ -155,3 +162,73 @@ def test_a_crashed_replica_is_replaced(stack: dict[str, Any]) -> None:
             for _ in range(20)
         ]
     assert ok == [200] * 20
+
+
+def test_scale_to_zero_and_cold_start(stack: dict[str, Any]) -> None:
+    base, app, frame = stack["base"], stack["app"], stack["frame"]
+    gateway = app.state.gateway
+    deployment = {
+        "name": "cold",
+        "variants": [{"name": "only", "model": "churn/1"}],
+        "autoscaling": {
+            "min_replicas": 0,
+            "max_replicas": 2,
+            "scale_to_zero_after_seconds": 2,
+            "scale_down_stabilization_seconds": 0,
+        },
+    }
+    assert stack["api"].post("/api/v1/deployments", json=deployment).status_code == 201
+    deadline = time.monotonic() + 30
+    while "cold" not in gateway.served:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    lane = gateway.served["cold"].lanes[0]
+    assert lane.replicas == []  # nothing runs before the first request
+    with httpx.Client(base_url=base, timeout=60) as http:
+        answer = http.post("/serve/cold/predict", json={"rows": rows(frame, 1)})
+    assert answer.status_code == 200, (answer.text, lane.decisions, lane.replicas)
+    assert len(lane.cold_starts) == 1 and 0 < lane.cold_starts[0] < 30
+    deadline = time.monotonic() + 30
+    while lane.replicas:
+        assert time.monotonic() < deadline, lane.decisions
+        time.sleep(0.2)
+    assert lane.decisions[-1]["desired"] == 0 and "no requests" in lane.decisions[-1]["reason"]
+
+
+def test_open_inference_protocol_and_actual_state(stack: dict[str, Any]) -> None:
+    base, frame = stack["base"], stack["frame"]
+    sample = frame[FEATURES].head(3)
+    inputs = [
+        {
+            "name": c,
+            "shape": [3],
+            "datatype": "BYTES" if c == "city" else "FP64",
+            "data": [v.item() if hasattr(v, "item") else v for v in sample[c]],
+        }
+        for c in FEATURES
+    ]
+    with httpx.Client(base_url=base, timeout=30) as http:
+        answer = http.post(
+            "/v2/models/churn/infer", json={"inputs": inputs}, headers={"x-user-id": "bob"}
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        variant = http.post(
+            "/serve/churn/predict", json={"rows": rows(frame, 1)}, headers={"x-user-id": "bob"}
+        ).json()["variant"]
+        predictions = next(o for o in body["outputs"] if o["name"] == "predictions")
+        assert predictions["data"] == stack[variant].predict(sample).tolist()
+        probabilities = next(o for o in body["outputs"] if o["name"] == "probabilities")
+        assert probabilities["shape"] == [3, 2] and len(probabilities["data"]) == 6
+        assert body["model_name"] == "churn" and body["id"] == answer.headers["x-request-id"]
+        bad = http.post(
+            "/v2/models/churn/infer",
+            json={"inputs": [{"name": "age", "data": [1, 2]}, {"name": "city", "data": ["a"]}]},
+        )
+        assert bad.status_code == 422 and "same number of rows" in bad.json()["error"]["message"]
+
+        state = http.get("/gateway/deployments/churn").json()
+        blue = next(v for v in state["variants"] if v["name"] == "blue")
+        assert blue["replicas"][0]["ready"] is True and blue["replicas"][0]["pid"] > 0
+        assert blue["replicas"][0]["cold_start_seconds"] > 0 and blue["cold_starts_seconds"]
+        assert http.get("/gateway/deployments/nope").status_code == 404
