@@ -175,6 +175,8 @@ def test_scale_to_zero_and_cold_start(stack: dict[str, Any]) -> None:
             "max_replicas": 2,
             "scale_to_zero_after_seconds": 2,
             "scale_down_stabilization_seconds": 0,
+            # a short averaging window: the held cold-start request must age out of it
+            "window_seconds": 1,
         },
     }
     assert stack["api"].post("/api/v1/deployments", json=deployment).status_code == 201
