@@ -215,27 +215,40 @@ class Gateway:
             lane.waiting -= 1
 
     async def forward(self, served: Served, lane: Lane, payload: Any) -> tuple[int, dict[str, Any]]:
+        """Predictions are idempotent, so a request whose replica dies under it is retried
+        once on another (or a freshly started) replica."""
         lane.requests += 1
         if not lane.replicas:  # scaled to zero: this request waits for a cold start
             await self.start_replica(served, lane)
-        replica = await self._ready_replica(served, lane)
-        if replica is None:
-            message = f"variant {lane.name} has no ready replica"
-            return 503, {"error": {"code": "no_replica", "message": message}}
-        replica.in_flight += 1
-        try:
-            response = await self.http.post(
-                f"http://127.0.0.1:{replica.port}/predict", json=payload
-            )
-        except httpx.TransportError:
-            replica.ready = False  # it died under us; the reconcile loop replaces it
-            return 503, {
-                "error": {"code": "replica_unavailable", "message": "the replica went away; retry"}
-            }
-        finally:
-            replica.in_flight -= 1
-        replica.served += 1
-        return response.status_code, response.json()
+        for attempt in (1, 2):
+            replica = await self._ready_replica(served, lane)
+            if replica is None:
+                message = f"variant {lane.name} has no ready replica"
+                return 503, {"error": {"code": "no_replica", "message": message}}
+            replica.in_flight += 1
+            try:
+                url = f"http://127.0.0.1:{replica.port}/predict"
+                response = await self.http.post(url, json=payload)
+            except httpx.TransportError:
+                self._drop(served, lane, replica)
+                if attempt == 1:
+                    continue
+                message = "the replica went away twice; retry"
+                return 503, {"error": {"code": "replica_unavailable", "message": message}}
+            finally:
+                replica.in_flight -= 1
+            replica.served += 1
+            return response.status_code, response.json()
+        raise AssertionError("unreachable")
+
+    def _drop(self, served: Served, lane: Lane, replica: Replica) -> None:
+        """A replica that refused a connection is gone: stop routing to it at once."""
+        replica.ready = False
+        if replica in lane.replicas:
+            lane.replicas.remove(replica)
+        process = served.processes.pop(replica.port, None)
+        if process is not None and process.poll() is None:
+            process.kill()
 
 
 def _unit(served: Served, request: Request, payload: Any) -> str | None:

@@ -18,6 +18,7 @@ from app.core.migrate import upgrade
 from app.core.security import Role
 from app.main import create_app
 from app.serving.gateway import create_gateway
+from app.serving.routing import bucket
 from tests.conftest import InlineJobs
 from tests.dbutil import is_postgres_url, scratch_postgres
 from tests.live import live_server
@@ -152,6 +153,16 @@ def test_a_crashed_replica_is_replaced(stack: dict[str, Any]) -> None:
     blue = next(lane for lane in served.lanes if lane.name == "blue")
     victim = blue.replicas[0]
     served.processes[victim.port].kill()
+    served.processes[victim.port].wait()
+    user = next(f"u{i}" for i in range(1000) if bucket("churn", f"u{i}") < 90)  # lands on blue
+    with httpx.Client(base_url=base, timeout=60) as http:  # the gateway still thinks it is up
+        retried = http.post(
+            "/serve/churn/predict",
+            json={"rows": rows(stack["frame"], 1)},
+            headers={"x-user-id": user},
+        )
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["variant"] == "blue"
     deadline = time.monotonic() + 60
     while not (blue.replicas and blue.replicas[0].port != victim.port and blue.replicas[0].ready):
         assert time.monotonic() < deadline, "the crashed replica was not replaced"
