@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import threading
 from typing import Annotated
 
 import typer
@@ -70,21 +71,20 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
     from workers import embedded  # the worker stack loads only in the modes that run it
 
     worker = embedded.start()
-    gateway = _start_gateway_thread(settings)
+    gateway, gateway_thread = _start_gateway_thread(settings)
     typer.echo(
         f"Gateway (data plane) at http://{settings.host}:{settings.gateway_port}/serve/<deployment>/predict"
     )
     try:
         uvicorn.run("app.asgi:app", host=settings.host, port=settings.port, log_level="info")
     finally:
-        gateway.should_exit = True
+        gateway.should_exit = True  # its shutdown stops the replicas it started
+        gateway_thread.join(timeout=15)
         worker.stop()
 
 
-def _start_gateway_thread(settings: Settings) -> uvicorn.Server:
+def _start_gateway_thread(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:
     """Embedded mode serves deployments from the same process tree as the API."""
-    import threading
-
     from app.serving.gateway import create_gateway
 
     config = uvicorn.Config(
@@ -94,8 +94,9 @@ def _start_gateway_thread(settings: Settings) -> uvicorn.Server:
         log_level="warning",
     )
     server = uvicorn.Server(config)
-    threading.Thread(target=server.run, name="gateway", daemon=True).start()
-    return server
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    return server, thread
 
 
 @cli.command()

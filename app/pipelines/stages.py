@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.auth.service import Principal
 from app.core.db import utcnow
 from app.core.jobs import JobContext
+from app.core.processes import die_with_parent
 from app.core.security import Role
 from app.datasets.models import DatasetVersion
 from app.pipelines.models import PipelineRun, TaskRun, TaskStatus
@@ -235,7 +236,7 @@ def run_runner(
             cwd=Path(__file__).resolve().parents[2],
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # only prctl: no locks taken between fork and exec
+            preexec_fn=die_with_parent,  # only prctl: no locks taken between fork and exec
         )
         while process.poll() is None:
             if time.monotonic() > deadline:
@@ -252,15 +253,6 @@ def run_runner(
     if process.returncode != 0:
         raise StageFailed(f"the stage crashed (exit {process.returncode}); see the task log")
     return result
-
-
-def _die_with_parent() -> None:
-    """If the worker is killed (kill -9), its training subprocess must not run on as an orphan."""
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_db_engine, create_session_factory
+from app.core.processes import die_with_parent
 from app.deployments.models import Deployment
 from app.ml.serving_contract import InputError, frame_from_payload
 from app.registry.models import ModelVersion, RegisteredModel
@@ -144,6 +145,7 @@ class Gateway:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # replicas never outlive their gateway
         )
         replica = Replica(port=port, started_at=time.monotonic())
         lane.replicas.append(replica)
