@@ -109,7 +109,3 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
             session.rollback()
             raise
         session.commit()
-
-
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"

@@ -1,4 +1,4 @@
-"""Pages with an opaque page_token. Lists page by key (stable under inserts); searches by offset."""
+"""Pages with an opaque page_token. Lists page by key, stable under inserts."""
 
 import base64
 import binascii
@@ -73,23 +73,3 @@ def keyset_page(
     rows = rows[: params.page_size]
     last = getattr(rows[-1], key.key)
     return rows, encode_token({"after": last})
-
-
-def offset_page(
-    session: Session, stmt: Select[Row], params: PageParams, fingerprint: str
-) -> tuple[Sequence[Row], str | None]:
-    """Page an arbitrary ordering by offset; the token only works for the query it came from."""
-    offset = 0
-    if params.page_token is not None:
-        state = decode_token(params.page_token)
-        if state.get("q") != fingerprint or not isinstance(state.get("offset"), int):
-            raise BadRequest(
-                "page_token belongs to a different query; repeat the same filter and order_by",
-                code="invalid_page_token",
-            )
-        offset = max(0, state["offset"])
-    rows = session.scalars(stmt.offset(offset).limit(params.page_size + 1)).all()
-    if len(rows) <= params.page_size:
-        return rows, None
-    next_token = encode_token({"q": fingerprint, "offset": offset + params.page_size})
-    return rows[: params.page_size], next_token
