@@ -6,6 +6,7 @@ from app.core.outbox import OutboxMessage
 from app.datasets import models as dataset_models
 from app.deployments import models as deployment_models
 from app.events import models as event_models
+from app.monitoring import models as monitoring_models
 from app.pipelines import models as pipeline_models
 from app.registry import models as registry_models
 from app.sources import models as source_models
@@ -18,6 +19,7 @@ __all__ = [
     "dataset_models",
     "deployment_models",
     "event_models",
+    "monitoring_models",
     "pipeline_models",
     "registry_models",
     "source_models",

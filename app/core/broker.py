@@ -29,6 +29,10 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "pipelines-sweep": {"task": "pipelines.sweep", "schedule": settings.sweep_seconds},
             "pipelines-schedules": {"task": "pipelines.tick_schedules", "schedule": 15.0},
+            "deployments-rollouts": {
+                "task": "deployments.advance_rollouts",
+                "schedule": settings.rollout_check_seconds,
+            },
         },
     )
     return celery

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(
         default=30, gt=0, description="How often beat looks for lost tasks and unsettled runs."
     )
+    rollout_check_seconds: float = Field(
+        default=5, gt=0, description="How often beat checks running rollouts' guardrails."
+    )
     pipeline_max_task_timeout: int = Field(
         default=3600, ge=1, description="Longest timeout a pipeline task may ask for (seconds)."
     )

@@ -57,6 +57,8 @@ class Base(DeclarativeBase):
         datetime: UTCDateTime(),
         dict[str, Any]: JSONDocument,
         list[str]: JSONDocument,
+        list[int]: JSONDocument,
+        list[Any]: JSONDocument,
     }
 
 

@@ -1,5 +1,5 @@
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -34,9 +34,20 @@ class Autoscaling(BaseModel):
 
 
 class Guardrails(BaseModel):
-    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="5xx share, e.g. 0.01.")
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="How far the candidate's 5xx share may exceed the baseline's (0.01 = 1 point).",
+    )
     max_p99_latency_ratio: float = Field(
         default=1.5, ge=1, le=100, description="New p99 may be at most this times the old one."
+    )
+    p99_slack_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=60_000,
+        description="A p99 increase smaller than this is noise, never a breach.",
     )
     max_disagreement: float | None = Field(
         default=None, ge=0, le=1, description="Share of shadowed requests whose predictions differ."
@@ -80,6 +91,9 @@ class DeploymentCreate(BaseModel):
     unit_key: str | None = Field(
         default=None, max_length=100, description="Header or field for sticky A/B assignment."
     )
+    log_sample_rate: float = Field(
+        default=1.0, ge=0, le=1, description="Share of requests written to the prediction log."
+    )
 
     @model_validator(mode="after")
     def _traffic(self) -> "DeploymentCreate":
@@ -92,6 +106,7 @@ class DeploymentUpdate(BaseModel):
     autoscaling: Autoscaling | None = None
     rollout: RolloutPolicy | None = None
     unit_key: str | None = None
+    log_sample_rate: float | None = Field(default=None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _traffic(self) -> "DeploymentUpdate":
@@ -123,6 +138,7 @@ class VariantRead(BaseModel):
     model_version: int
     weight: int
     mode: VariantMode
+    mirror: bool = Field(description="Gets a copy of the other live variants' requests.")
 
 
 class DeploymentRead(BaseModel):
@@ -133,6 +149,7 @@ class DeploymentRead(BaseModel):
     autoscaling: Autoscaling
     rollout: RolloutPolicy
     unit_key: str | None
+    log_sample_rate: float
     generation: int
     created_by: str | None
     created_at: datetime
@@ -141,3 +158,172 @@ class DeploymentRead(BaseModel):
 
 class DeploymentPage(Page[DeploymentRead]):
     pass
+
+
+class ReplicaRead(BaseModel):
+    variant: str
+    model_version: int
+    gateway: str
+    state: Literal["starting", "ready"]
+    pid: int | None
+    port: int
+    started_at: datetime
+    ready_at: datetime | None
+    cold_start_seconds: float | None
+    in_flight: int
+    served: int
+    reported_at: datetime
+
+
+class ReplicaList(BaseModel):
+    items: list[ReplicaRead]
+
+
+class PromoteRequest(BaseModel):
+    model: str = Field(
+        min_length=3, max_length=300, description="`name/version` or `name@alias` to roll out."
+    )
+    variant: str | None = Field(
+        default=None,
+        pattern=NAME,
+        max_length=63,
+        description="Name of the new variant; `v<version>` when left out.",
+    )
+    strategy: Literal["all_at_once", "canary", "linear"] | None = Field(
+        default=None, description="Overrides the deployment's rollout policy for this promotion."
+    )
+    bake_seconds: float | None = Field(default=None, ge=0, le=86400)
+    set_alias: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Moved to the new version when the rollout completes, e.g. `champion`.",
+        examples=["champion"],
+    )
+
+
+class RollbackRequest(BaseModel):
+    reason: str = Field(default="rolled back by hand", max_length=500)
+
+
+class DecisionRead(BaseModel):
+    at: datetime
+    step_index: int
+    percent: int
+    action: str
+    reason: str
+    numbers: dict[str, Any]
+
+
+class RolloutRead(BaseModel):
+    id: int
+    deployment: str
+    strategy: str
+    state: str
+    baseline_variant: str
+    baseline_model: str
+    candidate_variant: str
+    candidate_model: str
+    steps: list[int]
+    step_index: int
+    percent: int
+    step_started_at: datetime
+    bake_seconds: float
+    guardrails: Guardrails
+    set_alias: str | None
+    reason: str | None
+    created_by: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    decisions: list[DecisionRead]
+
+
+class RolloutPage(Page[RolloutRead]):
+    pass
+
+
+class ExperimentCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100, examples=["new-threshold"])
+    control: str = Field(pattern=NAME, max_length=63, description="A live variant.")
+    treatment: str = Field(pattern=NAME, max_length=63, description="Another live variant.")
+    metric: Literal["accuracy", "reward"] = Field(
+        default="accuracy",
+        description="accuracy: feedback labels equal the predictions; reward: feedback rewards.",
+    )
+    higher_is_better: bool = True
+    min_samples: int = Field(default=100, ge=2, le=10_000_000, description="Per variant.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    unit_key: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Sets the deployment's unit key: one user always sees one variant.",
+    )
+
+    @model_validator(mode="after")
+    def _two_arms(self) -> "ExperimentCreate":
+        if self.control == self.treatment:
+            raise ValueError("control and treatment must be different variants")
+        return self
+
+
+class ArmRead(BaseModel):
+    variant: str
+    samples: int
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class ExperimentRead(BaseModel):
+    id: int
+    deployment: str
+    name: str
+    control: str
+    treatment: str
+    metric: str
+    higher_is_better: bool
+    min_samples: int
+    alpha: float
+    started_at: datetime
+    stopped_at: datetime | None
+    created_by: str | None
+
+
+class ExperimentResult(ExperimentRead):
+    arms: list[ArmRead]
+    difference: float | None = Field(description="treatment minus control")
+    ci_low: float | None = Field(description="always-valid confidence sequence, lower end")
+    ci_high: float | None
+    p_value: float | None = Field(description="always-valid (mSPRT) p-value")
+    verdict: str
+    winner: str | None
+    reason: str
+
+
+class ExperimentPage(Page[ExperimentRead]):
+    pass
+
+
+class FeedbackItem(BaseModel):
+    request_id: str = Field(min_length=1, max_length=100)
+    label: Any = Field(default=None, description="Ground truth for a one-row request.")
+    labels: list[Any] | None = Field(
+        default=None, max_length=10_000, description="Ground truth per row, in request order."
+    )
+    reward: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _something(self) -> "FeedbackItem":
+        if self.label is not None and self.labels is not None:
+            raise ValueError("send `label` (one row) or `labels` (per row), not both")
+        if self.label is None and self.labels is None and self.reward is None:
+            raise ValueError("feedback needs `label`, `labels` or `reward`")
+        return self
+
+
+class FeedbackBatch(BaseModel):
+    items: list[FeedbackItem] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int
+    matched: int = Field(description="How many request ids are already in the prediction log.")

@@ -1,6 +1,7 @@
 """Deployments as desired state. Serving (the gateway) reconciles towards it."""
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -10,14 +11,14 @@ from app.core.db import utcnow
 from app.core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.core.pagination import PageParams, keyset_page
 from app.core.security import Role
-from app.deployments.models import Deployment, Environment, Variant
+from app.deployments.models import Deployment, Environment, Replica, Variant, VariantMode
 from app.deployments.schemas import DeploymentCreate, DeploymentUpdate, VariantSpec
 from app.events import service as events
 from app.registry import service as registry
 from app.registry.models import ModelVersion, VersionStatus
 
 
-def _require_deployer(environment: Environment, by: Principal) -> None:
+def require_deployer(environment: Environment, by: Principal) -> None:
     if environment == Environment.production and not by.role.allows(Role.deployer):
         raise Forbidden(
             f"production deployments need the deployer role; the token has {by.role.value}",
@@ -25,40 +26,31 @@ def _require_deployer(environment: Environment, by: Principal) -> None:
         )
 
 
+def resolve_variant(session: Session, ref: str, loc: list[str | int]) -> Variant:
+    """Resolve a model reference now, so the desired state names an exact version."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    try:
+        _, version = registry.resolve_ref(session, ref)
+    except (NotFound, Unprocessable) as exc:
+        raise Unprocessable(f"{where}: {exc.message}", details={"loc": loc}) from exc
+    if version.status != VersionStatus.ready:
+        raise Unprocessable(f"{where}: {ref} is {version.status.value}; deploy a ready version")
+    if not version.signature:
+        raise Unprocessable(f"{where}: {ref} has no signature to validate requests")
+    return Variant(model_ref=ref, model_version_id=version.id, weight=0, mode=VariantMode.live)
+
+
 def _variants(session: Session, specs: list[VariantSpec]) -> list[Variant]:
-    """Resolve each model reference now, so the desired state names exact versions."""
     variants = []
     for index, spec in enumerate(specs):
-        try:
-            _, version = registry.resolve_ref(session, spec.model)
-        except (NotFound, Unprocessable) as exc:
-            raise Unprocessable(
-                f"variants[{index}].model: {exc.message}",
-                details={"loc": ["variants", index, "model"]},
-            ) from exc
-        if version.status != VersionStatus.ready:
-            raise Unprocessable(
-                f"variants[{index}].model: {spec.model} is {version.status.value}; "
-                "deploy a ready version"
-            )
-        if not version.signature:
-            raise Unprocessable(
-                f"variants[{index}].model: {spec.model} has no signature to validate requests"
-            )
-        variants.append(
-            Variant(
-                name=spec.name,
-                model_ref=spec.model,
-                model_version_id=version.id,
-                weight=spec.weight,
-                mode=spec.mode,
-            )
-        )
+        variant = resolve_variant(session, spec.model, ["variants", index, "model"])
+        variant.name, variant.weight, variant.mode = spec.name, spec.weight, spec.mode
+        variants.append(variant)
     return variants
 
 
 def create(session: Session, data: DeploymentCreate, *, by: Principal) -> Deployment:
-    _require_deployer(data.environment, by)
+    require_deployer(data.environment, by)
     if session.scalar(select(Deployment.id).where(Deployment.name == data.name)):
         raise Conflict(f"a deployment named {data.name!r} already exists")
     deployment = Deployment(
@@ -67,6 +59,7 @@ def create(session: Session, data: DeploymentCreate, *, by: Principal) -> Deploy
         autoscaling=data.autoscaling.model_dump(mode="json"),
         rollout=data.rollout.model_dump(mode="json"),
         unit_key=data.unit_key,
+        log_sample_rate=data.log_sample_rate,
         created_by=by.name,
         variants=_variants(session, data.variants),
     )
@@ -93,7 +86,7 @@ def list_deployments(session: Session, page: PageParams) -> tuple[Sequence[Deplo
 
 def update(session: Session, name: str, data: DeploymentUpdate, *, by: Principal) -> Deployment:
     deployment = get_or_raise(session, name, for_update=True)
-    _require_deployer(deployment.environment, by)
+    require_deployer(deployment.environment, by)
     if data.variants is not None:
         deployment.variants.clear()
         session.flush()
@@ -104,6 +97,8 @@ def update(session: Session, name: str, data: DeploymentUpdate, *, by: Principal
         deployment.rollout = data.rollout.model_dump(mode="json")
     if "unit_key" in data.model_fields_set:
         deployment.unit_key = data.unit_key
+    if data.log_sample_rate is not None:
+        deployment.log_sample_rate = data.log_sample_rate
     deployment.generation += 1
     deployment.updated_at = utcnow()
     session.flush()
@@ -113,7 +108,7 @@ def update(session: Session, name: str, data: DeploymentUpdate, *, by: Principal
 
 def delete(session: Session, name: str, *, by: Principal) -> None:
     deployment = get_or_raise(session, name, for_update=True)
-    _require_deployer(deployment.environment, by)
+    require_deployer(deployment.environment, by)
     _record(session, deployment, "deployment.deleted", by)
     session.delete(deployment)
     session.flush()
@@ -127,6 +122,22 @@ def version_numbers(session: Session, deployments: Sequence[Deployment]) -> dict
         select(ModelVersion.id, ModelVersion.version).where(ModelVersion.id.in_(ids))
     )
     return {row.id: row.version for row in rows}
+
+
+REPORT_FRESHNESS = timedelta(seconds=30)
+
+
+def replicas(session: Session, deployment: Deployment) -> Sequence[tuple[Replica, int]]:
+    stmt = (
+        select(Replica, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == Replica.model_version_id)
+        .where(
+            Replica.deployment_id == deployment.id,
+            Replica.reported_at >= utcnow() - REPORT_FRESHNESS,
+        )
+        .order_by(Replica.variant, Replica.started_at)
+    )
+    return [(row[0], row[1]) for row in session.execute(stmt)]
 
 
 def _record(session: Session, deployment: Deployment, type_: str, by: Principal) -> None:

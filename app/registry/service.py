@@ -209,6 +209,12 @@ def _create_version(
     return version
 
 
+def model_of(session: Session, version: ModelVersion) -> RegisteredModel:
+    model = session.get(RegisteredModel, version.model_id)
+    assert model is not None  # a version cannot outlive its model (foreign key)
+    return model
+
+
 def get_version_or_raise(session: Session, model: RegisteredModel, ref: str) -> ModelVersion:
     """A version by number (`3`), alias (`champion` or `@champion`) or `latest`."""
     ref = ref.removeprefix("@")
@@ -300,7 +306,7 @@ def set_status(
 
 
 def set_alias(session: Session, name: str, alias: str, number: int, *, by: Principal) -> ModelAlias:
-    _check_alias(alias, by)
+    check_alias(alias, by)
     model = get_model_or_raise(session, name, for_update=True)
     version = get_version_or_raise(session, model, str(number))
     if version.status != VersionStatus.ready:
@@ -326,7 +332,7 @@ def set_alias(session: Session, name: str, alias: str, number: int, *, by: Princ
 
 
 def delete_alias(session: Session, name: str, alias: str, *, by: Principal) -> None:
-    _check_alias(alias, by)
+    check_alias(alias, by)
     model = get_model_or_raise(session, name, for_update=True)
     current = next((a for a in model.aliases if a.alias == alias), None)
     if current is None:
@@ -339,7 +345,7 @@ def delete_alias(session: Session, name: str, alias: str, *, by: Principal) -> N
     session.flush()
 
 
-def _check_alias(alias: str, by: Principal) -> None:
+def check_alias(alias: str, by: Principal) -> None:
     if alias in RESERVED_ALIASES or alias.isdigit():
         raise Unprocessable(f"{alias!r} is reserved; pick another alias name")
     if alias in PROTECTED_ALIASES and not by.role.allows(Role.deployer):

@@ -1,14 +1,16 @@
 """The data plane: `POST /serve/{deployment}/predict` and the Open Inference Protocol.
 
 A reconcile loop reads the desired state (deployments) from the database and starts or stops
-replica processes to match; requests are validated against the variant's signature, routed by
-weight (sticky by unit key), mirrored to shadow variants, and balanced over ready replicas by
-least outstanding requests.
+replica processes to match, changing weights in place so a rollout step costs no restart;
+requests are validated against the variant's signature, routed by weight (sticky by unit
+key), mirrored to shadow variants, and balanced over ready replicas by least outstanding
+requests. What happens is measured (`app.serving.telemetry`) and written off the hot path.
 """
 
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import socket
 import subprocess
@@ -17,25 +19,31 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from app.core.config import Settings
-from app.core.db import create_db_engine, create_session_factory
+from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.core.processes import die_with_parent
 from app.deployments.models import Deployment
+from app.deployments.models import Replica as ReplicaRow
 from app.ml.serving_contract import InputError, frame_from_payload
 from app.registry.models import ModelVersion, RegisteredModel
+from app.serving import protocol
 from app.serving.autoscaler import Autoscaler
 from app.serving.routing import Lane, Replica, choose, least_outstanding
+from app.serving.telemetry import Observation, Telemetry, write
 
 logger = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
+FLUSH_SECONDS = 1.0
 
 
 def _free_port() -> int:
@@ -44,15 +52,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _wall(monotonic: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=time.monotonic() - monotonic)
+
+
 @dataclass
 class Served:
+    id: int
     name: str
     generation: int
     unit_key: str | None
     autoscaling: dict[str, Any]
+    log_sample_rate: float
     lanes: list[Lane]
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     scalers: dict[str, Autoscaler] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    replica: int | None
 
 
 class Gateway:
@@ -62,6 +83,15 @@ class Gateway:
         self.served: dict[str, Served] = {}
         self.rng = random.Random()  # noqa: S311 - traffic splitting, not security
         self.http = httpx.AsyncClient(timeout=30)
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.telemetry = Telemetry(self.id)
+        self.background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Any) -> None:
+        """Run a coroutine beside the request; held here so it is not collected midway."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     # -- desired state -> actual state ----------------------------------------------------------
 
@@ -87,26 +117,73 @@ class Gateway:
                             version.version,
                             model.name,
                             version.signature,
+                            mirror=v.mirror,
                         )
                     )
-                wanted[d.name] = Served(d.name, d.generation, d.unit_key, d.autoscaling, lanes)
+                wanted[d.name] = Served(
+                    d.id,
+                    d.name,
+                    d.generation,
+                    d.unit_key,
+                    d.autoscaling,
+                    d.log_sample_rate,
+                    lanes,
+                )
         return wanted
 
     async def reconcile(self) -> None:
         wanted = await asyncio.to_thread(self.desired)
         for name in list(self.served):
-            if name not in wanted or wanted[name].generation != self.served[name].generation:
-                self.stop(self.served.pop(name))
+            if name not in wanted:
+                served = self.served.pop(name)
+                for lane in served.lanes:
+                    self.telemetry.forget(name, lane.name)
+                self.stop(served)
         for name, target in wanted.items():
-            if name not in self.served:
+            current = self.served.get(name)
+            if current is None:
                 self.served[name] = target
                 for lane in target.lanes:
-                    target.scalers[lane.name] = Autoscaler.from_policy(target.autoscaling)
-                    for _ in range(target.autoscaling["min_replicas"]):
-                        await self.start_replica(target, lane)
+                    await self._open_lane(target, lane)
+            elif current.generation != target.generation:
+                await self._converge(current, target)
         for served in self.served.values():
             await self.replace_crashed(served)
             await self.autoscale(served)
+        self._report()
+
+    async def _open_lane(self, served: Served, lane: Lane) -> None:
+        served.scalers[lane.name] = Autoscaler.from_policy(served.autoscaling)
+        for _ in range(served.autoscaling["min_replicas"]):
+            await self.start_replica(served, lane)
+
+    async def _converge(self, current: Served, target: Served) -> None:
+        """Apply a changed deployment in place: a variant that still serves the same version
+        keeps its warm replicas and only takes its new weight; others start or stop."""
+        kept = {(lane.name, lane.version_id): lane for lane in current.lanes}
+        rescale = current.autoscaling != target.autoscaling
+        current.generation, current.unit_key = target.generation, target.unit_key
+        current.autoscaling, current.log_sample_rate = target.autoscaling, target.log_sample_rate
+        lanes = []
+        for wanted in target.lanes:
+            lane = kept.pop((wanted.name, wanted.version_id), None)
+            if lane is None:
+                lanes.append(wanted)
+                await self._open_lane(current, wanted)
+                continue
+            lane.weight, lane.mode, lane.mirror = wanted.weight, wanted.mode, wanted.mirror
+            if rescale:
+                current.scalers[lane.name] = Autoscaler.from_policy(current.autoscaling)
+            lanes.append(lane)
+        for gone in kept.values():
+            gone.retired = True
+            self.telemetry.forget(current.name, gone.name)
+            for replica in gone.replicas:
+                process = current.processes.pop(replica.port, None)
+                if process is not None:
+                    process.terminate()  # uvicorn finishes the requests it holds, then exits
+            gone.replicas.clear()
+        current.lanes = lanes
 
     async def autoscale(self, served: Served) -> None:
         now = time.monotonic()
@@ -131,6 +208,34 @@ class Gateway:
                 process = served.processes.pop(replica.port)
                 process.terminate()
 
+    def _report(self) -> None:
+        rows: list[dict[str, Any]] = []
+        for served in self.served.values():
+            for lane in served.lanes:
+                ready = sum(r.ready for r in lane.replicas)
+                in_flight = sum(r.in_flight for r in lane.replicas) + lane.waiting
+                self.telemetry.load(
+                    served.name, lane.name, ready, len(lane.replicas) - ready, in_flight
+                )
+                rows.extend(
+                    {
+                        "deployment_id": served.id,
+                        "variant": lane.name,
+                        "model_version_id": lane.version_id,
+                        "gateway": self.id,
+                        "port": r.port,
+                        "pid": r.pid,
+                        "state": "ready" if r.ready else "starting",
+                        "started_at": _wall(r.started_at),
+                        "ready_at": None if r.ready_at is None else _wall(r.ready_at),
+                        "in_flight": r.in_flight,
+                        "served": r.served,
+                        "reported_at": datetime.now(UTC),
+                    }
+                    for r in lane.replicas
+                )
+        self.telemetry.replica_rows = rows
+
     async def start_replica(self, served: Served, lane: Lane) -> Replica:
         port = _free_port()
         process = subprocess.Popen(  # noqa: S603 - our own replica module
@@ -147,14 +252,14 @@ class Gateway:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # replicas never outlive their gateway
         )
-        replica = Replica(port=port, started_at=time.monotonic())
+        replica = Replica(port=port, started_at=time.monotonic(), pid=process.pid)
         lane.replicas.append(replica)
         served.processes[port] = process
-        asyncio.get_running_loop().create_task(self._await_ready(lane, replica, process))
+        self.spawn(self._await_ready(served, lane, replica, process))
         return replica
 
     async def _await_ready(
-        self, lane: Lane, replica: Replica, process: subprocess.Popen[bytes]
+        self, served: Served, lane: Lane, replica: Replica, process: subprocess.Popen[bytes]
     ) -> None:
         """Ready when its health check answers; spawn-to-ready is the cold start, recorded."""
         deadline = time.monotonic() + READY_TIMEOUT
@@ -164,8 +269,10 @@ class Gateway:
                 if (await self.http.get(url)).status_code == 200:
                     replica.ready_at = time.monotonic()
                     replica.ready = True
-                    lane.cold_starts.append(replica.ready_at - replica.started_at)
+                    seconds = replica.ready_at - replica.started_at
+                    lane.cold_starts.append(seconds)
                     del lane.cold_starts[:-100]
+                    self.telemetry.cold_start(served.name, lane.name, seconds)
                     return
             await asyncio.sleep(0.05)
 
@@ -193,11 +300,25 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 process.kill()
 
+    async def flush(self) -> None:
+        pending = self.telemetry.take()
+        if pending.logs or pending.rollups or pending.replicas is not None:
+            await asyncio.to_thread(self._write, pending)
+
+    def _write(self, pending: Any) -> None:
+        with unit_of_work(self.session_factory) as session:
+            write(session, self.id, pending)
+
     async def close(self) -> None:
         for served in self.served.values():
             self.stop(served)
         self.served.clear()
         await self.http.aclose()
+        self.telemetry.replica_rows = None
+        with contextlib.suppress(Exception):  # best effort: the database may be gone too
+            await self.flush()
+            with unit_of_work(self.session_factory) as session:
+                session.execute(delete(ReplicaRow).where(ReplicaRow.gateway == self.id))
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -207,7 +328,7 @@ class Gateway:
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while (replica := least_outstanding(lane.replicas, self.rng)) is None:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or lane.retired:
                     return None
                 if not lane.replicas:  # stopped meanwhile: start one for this request
                     await self.start_replica(served, lane)
@@ -216,17 +337,17 @@ class Gateway:
         finally:
             lane.waiting -= 1
 
-    async def forward(self, served: Served, lane: Lane, payload: Any) -> tuple[int, dict[str, Any]]:
+    async def forward(self, served: Served, lane: Lane, payload: Any) -> Answer:
         """Predictions are idempotent, so a request whose replica dies under it is retried
         once on another (or a freshly started) replica."""
         lane.requests += 1
-        if not lane.replicas:  # scaled to zero: this request waits for a cold start
+        if not lane.replicas and not lane.retired:  # scaled to zero: wait for a cold start
             await self.start_replica(served, lane)
         for attempt in (1, 2):
             replica = await self._ready_replica(served, lane)
             if replica is None:
                 message = f"variant {lane.name} has no ready replica"
-                return 503, {"error": {"code": "no_replica", "message": message}}
+                return Answer(503, {"error": {"code": "no_replica", "message": message}}, None)
             replica.in_flight += 1
             try:
                 url = f"http://127.0.0.1:{replica.port}/predict"
@@ -236,11 +357,17 @@ class Gateway:
                 if attempt == 1:
                     continue
                 message = "the replica went away twice; retry"
-                return 503, {"error": {"code": "replica_unavailable", "message": message}}
+                body = {"error": {"code": "replica_unavailable", "message": message}}
+                return Answer(503, body, replica.port)
             finally:
                 replica.in_flight -= 1
             replica.served += 1
-            return response.status_code, response.json()
+            try:
+                body = response.json()
+            except ValueError:
+                message = f"the replica answered {response.status_code} without a JSON body"
+                body = {"error": {"code": "replica_error", "message": message}}
+            return Answer(response.status_code, body, replica.port)
         raise AssertionError("unreachable")
 
     def _drop(self, served: Served, lane: Lane, replica: Replica) -> None:
@@ -251,6 +378,43 @@ class Gateway:
         process = served.processes.pop(replica.port, None)
         if process is not None and process.poll() is None:
             process.kill()
+
+    async def mirror(self, served: Served, lane: Lane, payload: Any, request_id: str) -> None:
+        """A shadow copy: answered and recorded, never returned."""
+        started = time.perf_counter()
+        answer = await self.forward(served, lane, payload)
+        self._observe(served, lane, request_id, answer, started, payload, shadow=True)
+
+    def _observe(
+        self,
+        served: Served,
+        lane: Lane,
+        request_id: str,
+        answer: Answer,
+        started: float,
+        payload: Any,
+        shadow: bool = False,
+    ) -> None:
+        body = answer.body
+        outputs = None
+        if answer.status == 200:
+            outputs = {k: body[k] for k in ("predictions", "probabilities") if k in body}
+        self.telemetry.observe(
+            Observation(
+                served.name,
+                lane.name,
+                lane.version_id,
+                request_id,
+                answer.status,
+                (time.perf_counter() - started) * 1000,
+                body.get("model_latency_ms") if answer.status == 200 else None,
+                shadow,
+                answer.replica,
+            ),
+            inputs=payload,
+            outputs=outputs if answer.status == 200 else body.get("error"),
+            sample_rate=served.log_sample_rate,
+        )
 
 
 def _unit(served: Served, request: Request, payload: Any) -> str | None:
@@ -271,19 +435,24 @@ def create_gateway(
     )
     gateway = Gateway(settings, factory)
 
+    async def every(seconds: float, step: Any, what: str) -> None:
+        while True:
+            try:
+                await step()
+            except Exception:
+                logger.exception("%s failed", what)
+            await asyncio.sleep(seconds)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                try:
-                    await gateway.reconcile()
-                except Exception:
-                    logger.exception("reconcile failed")
-                await asyncio.sleep(interval)
-
-        task = asyncio.get_running_loop().create_task(loop())
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(every(interval, gateway.reconcile, "reconcile")),
+            loop.create_task(every(FLUSH_SECONDS, gateway.flush, "telemetry flush")),
+        ]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         await gateway.close()
 
     app = FastAPI(title="Flywheel gateway", lifespan=lifespan)
@@ -293,45 +462,18 @@ def create_gateway(
     async def ready() -> dict[str, Any]:
         return {"ready": True, "deployments": sorted(gateway.served)}
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/gateway/deployments/{deployment}")
     async def actual_state(deployment: str) -> JSONResponse:
         """What this gateway actually runs: replicas, load, cold starts, scaling decisions."""
         served = gateway.served.get(deployment)
         if served is None:
-            return _error(404, "not_found", f"deployment {deployment!r} is not served here", "")
-        return JSONResponse(
-            {
-                "deployment": deployment,
-                "generation": served.generation,
-                "variants": [
-                    {
-                        "name": lane.name,
-                        "model": lane.model,
-                        "model_version": lane.version,
-                        "weight": lane.weight,
-                        "mode": lane.mode,
-                        "replicas": [
-                            {
-                                "port": r.port,
-                                "pid": served.processes[r.port].pid
-                                if r.port in served.processes
-                                else None,
-                                "ready": r.ready,
-                                "in_flight": r.in_flight,
-                                "served": r.served,
-                                "cold_start_seconds": None
-                                if r.ready_at is None
-                                else round(r.ready_at - r.started_at, 3),
-                            }
-                            for r in lane.replicas
-                        ],
-                        "cold_starts_seconds": [round(c, 3) for c in lane.cold_starts],
-                        "scaling_decisions": lane.decisions[-20:],
-                    }
-                    for lane in served.lanes
-                ],
-            }
-        )
+            message = f"deployment {deployment!r} is not served here"
+            return protocol.error(404, "not_found", message, "")
+        return JSONResponse(_actual_state(served))
 
     @app.post("/v2/models/{deployment}/infer")
     async def infer(deployment: str, request: Request) -> JSONResponse:
@@ -345,98 +487,82 @@ def create_gateway(
     return app
 
 
-def _from_v2(payload: Any) -> dict[str, Any]:
-    """OIP inputs [{name, shape, datatype, data}] (one per column) as dataframe_split rows."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-        raise InputError("an Open Inference Protocol body needs `inputs`: one tensor per column")
-    columns, values = [], []
-    for tensor in payload["inputs"]:
-        if (
-            not isinstance(tensor, dict)
-            or "name" not in tensor
-            or not isinstance(tensor.get("data"), list)
-        ):
-            raise InputError("each input needs `name` and `data` (a flat list, one value per row)")
-        columns.append(str(tensor["name"]))
-        values.append(tensor["data"])
-    if len({len(v) for v in values}) > 1:
-        raise InputError("every input tensor must have the same number of rows")
+def _actual_state(served: Served) -> dict[str, Any]:
     return {
-        "dataframe_split": {
-            "columns": columns,
-            "data": [list(row) for row in zip(*values, strict=True)],
-        }
-    }
-
-
-def _to_v2(body: dict[str, Any], request_id: str) -> dict[str, Any]:
-    outputs = [
-        {
-            "name": "predictions",
-            "shape": [len(body["predictions"])],
-            "datatype": "BYTES" if any(isinstance(p, str) for p in body["predictions"]) else "FP64",
-            "data": body["predictions"],
-        }
-    ]
-    if "probabilities" in body:
-        flat = [p for row in body["probabilities"] for p in row]
-        outputs.append(
+        "deployment": served.name,
+        "generation": served.generation,
+        "variants": [
             {
-                "name": "probabilities",
-                "shape": [len(body["probabilities"]), len(body.get("classes", []))],
-                "datatype": "FP64",
-                "data": flat,
+                "name": lane.name,
+                "model": lane.model,
+                "model_version": lane.version,
+                "weight": lane.weight,
+                "mode": lane.mode,
+                "mirror": lane.mirror,
+                "replicas": [
+                    {
+                        "port": r.port,
+                        "pid": r.pid,
+                        "ready": r.ready,
+                        "in_flight": r.in_flight,
+                        "served": r.served,
+                        "cold_start_seconds": None
+                        if r.ready_at is None
+                        else round(r.ready_at - r.started_at, 3),
+                    }
+                    for r in lane.replicas
+                ],
+                "cold_starts_seconds": [round(c, 3) for c in lane.cold_starts],
+                "scaling_decisions": lane.decisions[-20:],
             }
-        )
-    return {
-        "model_name": body["deployment"],
-        "model_version": str(body["model_version"]),
-        "id": request_id,
-        "outputs": outputs,
+            for lane in served.lanes
+        ],
     }
 
 
 async def _serve(
     gateway: Gateway, deployment: str, request: Request, protocol: str = "flywheel"
 ) -> JSONResponse:
+    started = time.perf_counter()
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     served = gateway.served.get(deployment)
     if served is None or not served.lanes:
-        return _error(404, "not_found", f"deployment {deployment!r} is not served here", request_id)
+        message = f"deployment {deployment!r} is not served here"
+        return _error(404, "not_found", message, request_id)
     try:
         payload = await request.json()
     except ValueError:
         return _error(400, "invalid_json", "the body is not valid JSON", request_id)
     lane = choose(deployment, served.lanes, _unit(served, request, payload), gateway.rng)
-    try:
-        if protocol == "v2":
-            payload = _from_v2(payload)
-        frame_from_payload(payload, lane.signature)
-    except InputError as exc:
-        return _error(422, "invalid_input", exc.message, request_id, exc.details)
-    for shadow in (s for s in served.lanes if s.mode == "shadow"):
-        asyncio.get_running_loop().create_task(gateway.forward(served, shadow, payload))
-    status, body = await gateway.forward(served, lane, payload)
     headers = {
         "X-Request-Id": request_id,
         "X-Flywheel-Variant": lane.name,
         "X-Flywheel-Model-Version": f"{lane.model}/{lane.version}",
     }
-    if status != 200:
-        return JSONResponse(body, status_code=status, headers=headers)
+    try:
+        if protocol == "v2":
+            payload = _from_v2(payload)
+        frame_from_payload(payload, lane.signature)
+    except InputError as exc:
+        answer = Answer(422, {"error": {"code": "invalid_input", "message": exc.message}}, None)
+        gateway._observe(served, lane, request_id, answer, started, None)
+        return _error(422, "invalid_input", exc.message, request_id, exc.details, headers)
+    for other in served.lanes:
+        if other is not lane and (other.mode == "shadow" or other.mirror):
+            gateway.spawn(gateway.mirror(served, other, payload, request_id))
+    answer = await gateway.forward(served, lane, payload)
+    gateway._observe(served, lane, request_id, answer, started, payload)
+    if answer.status != 200:
+        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
     body = {
         "request_id": request_id,
         "deployment": deployment,
         "variant": lane.name,
         "model": lane.model,
         "model_version": lane.version,
-        **body,
+        **answer.body,
     }
     return JSONResponse(_to_v2(body, request_id) if protocol == "v2" else body, headers=headers)
 
 
-def _error(
-    status: int, code: str, message: str, request_id: str, details: Any = None
-) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status, headers={"X-Request-Id": request_id})
+_from_v2, _to_v2, _error = protocol.from_v2, protocol.to_v2, protocol.error

@@ -57,7 +57,11 @@ def build_app(model: Any, signature: dict[str, Any]) -> Starlette:
                 },
                 422,
             )
-        result = predict(model, frame, signature)
+        try:
+            result = predict(model, frame, signature)
+        except Exception as exc:  # the model's own failure: a 500 the gateway can count
+            message = f"{type(exc).__name__}: {exc}"[:500]
+            return JSONResponse({"error": {"code": "model_error", "message": message}}, 500)
         result["model_latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return JSONResponse(result)
 

@@ -15,6 +15,7 @@ class Replica:
     served: int = 0
     started_at: float = 0.0
     ready_at: float | None = None
+    pid: int | None = None
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Lane:
     version: int
     model: str
     signature: dict[str, object]
+    mirror: bool = False  # also gets a copy of the other live variants' requests (rollouts)
+    retired: bool = False  # no longer desired: finishes what it holds, takes nothing new
     replicas: list[Replica] = field(default_factory=list)
     requests: int = 0
     waiting: int = 0  # requests held while a replica starts: load the scaler must see

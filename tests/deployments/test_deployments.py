@@ -1,4 +1,3 @@
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -6,20 +5,6 @@ import yaml
 from fastapi.testclient import TestClient
 
 from app.core.security import Role
-from tests.conftest import InlineJobs
-from tests.registry.helpers import Registry, churn_frame, fit_pipeline
-
-
-@pytest.fixture
-def versions(api: TestClient, tmp_path: Path, jobs: InlineJobs) -> None:
-    frame = churn_frame()
-    registry = Registry(api, tmp_path)
-    dataset = registry.dataset_version(frame)
-    registry.register("churn", fit_pipeline(frame), dataset["id"])
-    registry.register("churn", fit_pipeline(churn_frame(seed=3)), dataset["id"])
-    jobs.run()
-    api.put("/api/v1/models/churn/aliases/champion", json={"version": 1})
-    api.put("/api/v1/models/churn/aliases/challenger", json={"version": 2})
 
 
 def body(**overrides: Any) -> dict[str, Any]:

@@ -33,8 +33,10 @@ def churn_frame(rows: int = 200, seed: int = 7, extra: bool = False) -> pd.DataF
     return frame
 
 
-def fit_pipeline(frame: pd.DataFrame) -> Pipeline:
+def fit_pipeline(frame: pd.DataFrame, impute: bool = True) -> Pipeline:
+    """`impute=False` makes a model that raises on a missing value, as a buggy one would."""
     numeric = [c for c in frame.columns if c not in ("city", "churned")]
+    steps = [("fill", SimpleImputer()), ("scale", StandardScaler())]
     pipeline = Pipeline(
         [
             (
@@ -43,7 +45,7 @@ def fit_pipeline(frame: pd.DataFrame) -> Pipeline:
                     [
                         (
                             "num",
-                            Pipeline([("fill", SimpleImputer()), ("scale", StandardScaler())]),
+                            Pipeline(steps if impute else steps[1:]),
                             numeric,
                         ),
                         ("cat", OneHotEncoder(handle_unknown="ignore"), ["city"]),
