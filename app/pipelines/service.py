@@ -26,7 +26,6 @@ from app.pipelines.spec import PipelineSpec
 
 ADVANCE_JOB = "pipelines.advance"
 EXECUTE_JOB = "pipelines.execute_task"
-UNAVAILABLE_TYPES = {"deploy": "deploy tasks arrive with deployments (the serving issue)"}
 
 
 def validate_schedule(expression: str | None) -> str | None:
@@ -47,19 +46,9 @@ def next_fire(expression: str | None, after: datetime) -> datetime | None:
     return fire
 
 
-def _check_available(spec: PipelineSpec) -> None:
-    for index, task in enumerate(spec.tasks):
-        if task.type in UNAVAILABLE_TYPES:
-            raise Unprocessable(
-                f"tasks[{index}] ({task.name}): {UNAVAILABLE_TYPES[task.type]}",
-                details={"loc": ["body", "spec", "tasks", index, "type"]},
-            )
-
-
 def create_pipeline(session: Session, data: PipelineCreate) -> Pipeline:
     if session.scalar(select(Pipeline.id).where(Pipeline.name == data.name)):
         raise Conflict(f"a pipeline named {data.name!r} already exists")
-    _check_available(data.spec)
     schedule = validate_schedule(data.schedule)
     pipeline = Pipeline(
         name=data.name,
@@ -90,7 +79,6 @@ def update_pipeline(session: Session, name: str, data: PipelineUpdate) -> Pipeli
     if data.description is not None:
         pipeline.description = data.description
     if data.spec is not None:
-        _check_available(data.spec)
         pipeline.spec = data.spec.model_dump(mode="json")
     if data.schedule is not None:
         pipeline.schedule = validate_schedule(data.schedule)

@@ -114,8 +114,23 @@ class _PackageParams(_Params):
 
 
 class _DeployParams(_Params):
-    deployment: str = Field(min_length=1, max_length=250)
-    environment: str = Field(default="staging", min_length=1, max_length=64)
+    deployment: str = Field(max_length=63, pattern=r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+    environment: str = "staging"
+    strategy: Literal["direct", "canary"] = Field(
+        default="direct",
+        description="direct: serve the new version at once; canary: promote it by the "
+        "deployment's rollout policy (created directly the first time).",
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _staging_only(cls, value: str) -> str:
+        if value != "staging":
+            raise ValueError(
+                "pipelines deploy to staging; promote to production with "
+                "POST /api/v1/deployments/{name}/promote (deployer role)"
+            )
+        return value
 
 
 class _PythonParams(_Params):

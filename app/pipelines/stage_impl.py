@@ -7,6 +7,15 @@ from sqlalchemy import select
 
 from app.core.errors import AppError
 from app.core.jobs import JobContext
+from app.deployments import rollouts
+from app.deployments import service as deployments
+from app.deployments.models import Deployment, Environment
+from app.deployments.schemas import (
+    DeploymentCreate,
+    DeploymentUpdate,
+    PromoteRequest,
+    VariantSpec,
+)
 from app.ml.model_files import ModelFileError, file_types
 from app.pipelines.stages import (
     ALLOWED,
@@ -280,6 +289,50 @@ def package(ctx: JobContext, stage: StageInput, control: Control, workdir: Path)
     )
     if failed:
         return StageResult("failed", outputs, f"image step failed: {outputs['image'].get('error')}")
+    return StageResult("succeeded", outputs)
+
+
+def deploy(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -> StageResult:
+    """Serve the registered version in staging: a new deployment the first time, then either
+    in place (direct) or as a canary by the deployment's rollout policy."""
+    registered = [o for n, o in stage.upstream.items() if stage.upstream_types[n] == "register"]
+    if not registered:
+        raise StageFailed("deploy needs an upstream register task")
+    name, strategy = stage.params["deployment"], stage.params.get("strategy", "direct")
+    ref = f"{registered[0]['model']}/{registered[0]['version']}"
+    variant = f"v{registered[0]['version']}"
+    principal = system_principal(stage)
+    rollout_id = None
+    with ctx.transaction() as session:
+        existing = session.scalar(select(Deployment).where(Deployment.name == name))
+        try:
+            if existing is None:
+                deployments.create(
+                    session,
+                    DeploymentCreate(name=name, variants=[VariantSpec(name=variant, model=ref)]),
+                    by=principal,
+                )
+                strategy = "direct"
+            elif existing.environment != Environment.staging:
+                raise StageFailed(
+                    f"deployment {name!r} is {existing.environment.value}; pipelines deploy to "
+                    "staging only"
+                )
+            elif strategy == "canary":
+                rollout_id = rollouts.promote(
+                    session, name, PromoteRequest(model=ref, variant=variant), by=principal
+                ).id
+            else:
+                deployments.update(
+                    session,
+                    name,
+                    DeploymentUpdate(variants=[VariantSpec(name=variant, model=ref)]),
+                    by=principal,
+                )
+        except AppError as exc:
+            raise StageFailed(f"deploy to {name!r}: {exc.message}") from exc
+    log(ctx, stage, f"deployed {ref} to {name} ({strategy})")
+    outputs = {"deployment": name, "model": ref, "strategy": strategy, "rollout_id": rollout_id}
     return StageResult("succeeded", outputs)
 
 

@@ -139,6 +139,7 @@ def execute(ctx: JobContext, stage: StageInput, control: Control) -> StageResult
         "evaluate": stage_impl.evaluate,
         "register": stage_impl.register,
         "package": stage_impl.package,
+        "deploy": stage_impl.deploy,
         "python": stage_impl.python,
     }
     workdir = Path(

@@ -47,7 +47,9 @@ def wait_run(http: httpx.Client, run_id: int, timeout: float = 180) -> dict[str,
         time.sleep(0.3)
 
 
-def run_ci_flow(base: str, token: str, tmp_path: Path) -> None:
+def run_ci_flow(base: str, token: str, tmp_path: Path, gateway: str | None = None) -> None:
+    """A git push trains, evaluates, registers, packages and deploys to staging; with a
+    gateway running, the staging deployment then serves predictions."""
     repo, commit = make_repo(tmp_path)
     repo_url = f"file://{repo}"
     headers = {"Authorization": f"Bearer {token}"}
@@ -58,7 +60,8 @@ def run_ci_flow(base: str, token: str, tmp_path: Path) -> None:
             files={"file": ("churn.csv", csv_bytes(churn_frame(rows=400)))},
         ).json()
         http.post(
-            "/api/v1/pipelines", json={"name": "churn-ci", "spec": ci_spec()}
+            "/api/v1/pipelines",
+            json={"name": "churn-ci", "spec": ci_spec(deploy="churn-staging")},
         ).raise_for_status()
         source = http.post(
             "/api/v1/sources/git",
@@ -113,6 +116,22 @@ def run_ci_flow(base: str, token: str, tmp_path: Path) -> None:
         assert "fitting on" in log["text"] and log["complete"] is True
         runs = http.get("/api/v1/pipeline-runs?pipeline=churn-ci").json()["items"]
         assert len(runs) == 1
+        staging = http.get("/api/v1/deployments/churn-staging").json()
+        assert staging["environment"] == "staging"
+        assert [v["model_version"] for v in staging["variants"]] == [version["version"]]
+    if gateway is not None:
+        row = churn_frame(rows=1).drop(columns=["churned"]).to_dict("records")[0]
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        deadline = time.monotonic() + 90
+        while True:
+            answer = httpx.post(
+                f"{gateway}/serve/churn-staging/predict", json={"rows": [row]}, timeout=60
+            )
+            if answer.status_code == 200:
+                break
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+        assert answer.json()["model_version"] == version["version"]
 
 
 def wait_for(

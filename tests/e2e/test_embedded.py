@@ -209,4 +209,4 @@ def test_embedded_git_push_runs_the_whole_ci_loop(server: Server, tmp_path: Path
     """The same CI flow as on Postgres + Redis + workers, on a laptop with neither."""
     from tests.e2e.ci_flow import run_ci_flow
 
-    run_ci_flow(server.url, printed_token(server.lines), tmp_path)
+    run_ci_flow(server.url, printed_token(server.lines), tmp_path, gateway=server.gateway)

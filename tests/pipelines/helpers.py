@@ -39,8 +39,13 @@ train:
 
 
 def ci_spec(
-    model: str = "churn", *, entrypoint: bool = True, min_accuracy: float = 0.6
+    model: str = "churn",
+    *,
+    entrypoint: bool = True,
+    min_accuracy: float = 0.6,
+    deploy: str | None = None,
 ) -> dict[str, Any]:
+    """train → evaluate → register (when blessed) → package, then deploy to staging if named."""
     train_params: dict[str, Any] = (
         {"entrypoint": "repo", "dataset": "churn"}
         if entrypoint
@@ -50,6 +55,18 @@ def ci_spec(
             "target": "churned",
             "dataset": "churn",
         }
+    )
+    deploy_tasks = (
+        []
+        if deploy is None
+        else [
+            {
+                "name": "deploy",
+                "type": "deploy",
+                "depends_on": ["package"],
+                "params": {"deployment": deploy},
+            }
+        ]
     )
     return {
         "tasks": [
@@ -68,6 +85,7 @@ def ci_spec(
                 "params": {"model": model},
             },
             {"name": "package", "type": "package", "depends_on": ["register"]},
+            *deploy_tasks,
         ]
     }
 

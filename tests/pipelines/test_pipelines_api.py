@@ -37,7 +37,17 @@ def test_create_get_and_graph(api: TestClient) -> None:
             "not allowed",
         ),
         ([{"name": "a", "type": "register", "params": {"model": "m", "colour": "red"}}], "colour"),
-        ([{"name": "a", "type": "deploy", "params": {"deployment": "d"}}], "deploy"),
+        (
+            [
+                {
+                    "name": "a",
+                    "type": "deploy",
+                    "params": {"deployment": "d", "environment": "production"},
+                }
+            ],
+            "pipelines deploy to staging",
+        ),
+        ([{"name": "a", "type": "deploy", "params": {"deployment": "Not_A_Name"}}], "deployment"),
     ],
 )
 def test_invalid_specs_are_422_naming_the_problem(

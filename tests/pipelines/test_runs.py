@@ -212,3 +212,47 @@ def test_sweep_requeues_lost_tasks_and_fails_them_past_their_timeout(
     assert done["status"] == "failed"
     assert "timed out after 300 s" in done["tasks"][0]["error"]
     assert [t["status"] for t in done["tasks"][1:]] == ["upstream_failed"] * 3
+
+
+def test_deploy_task_serves_the_blessed_version_in_staging_then_canaries_the_next(
+    api: TestClient, jobs: InlineJobs
+) -> None:
+    upload_churn(api)
+    spec = ci_spec(entrypoint=False, deploy="churn-staging")
+    create(api, "ci", spec)
+    first = api.post("/api/v1/pipelines/ci/runs", json={}).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{first['id']}").json()
+    assert done["status"] == "succeeded", done
+    deploy = next(t for t in done["tasks"] if t["name"] == "deploy")
+    assert deploy["outputs"] == {
+        "deployment": "churn-staging",
+        "model": "churn/1",
+        "strategy": "direct",
+        "rollout_id": None,
+    }
+    deployment = api.get("/api/v1/deployments/churn-staging").json()
+    assert deployment["environment"] == "staging"
+    assert [(v["name"], v["model_version"], v["weight"]) for v in deployment["variants"]] == [
+        ("v1", 1, 100)
+    ]
+
+    spec["tasks"][-1]["params"]["strategy"] = "canary"
+    assert api.patch("/api/v1/pipelines/ci", json={"spec": spec}).status_code == 200
+    second = api.post(
+        "/api/v1/pipelines/ci/runs", json={"params": {"hyperparameters": {"C": 0.3}}}
+    ).json()
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{second['id']}").json()
+    assert done["status"] == "succeeded", done
+    deploy = next(t for t in done["tasks"] if t["name"] == "deploy")
+    assert deploy["outputs"]["strategy"] == "canary" and deploy["outputs"]["rollout_id"]
+    rollout = api.get(
+        f"/api/v1/deployments/churn-staging/rollouts/{deploy['outputs']['rollout_id']}"
+    ).json()
+    assert rollout["state"] == "running" and rollout["candidate_model"] == "churn/2"
+    weights = {
+        v["name"]: v["weight"]
+        for v in api.get("/api/v1/deployments/churn-staging").json()["variants"]
+    }
+    assert weights == {"v1": 90, "v2": 10}

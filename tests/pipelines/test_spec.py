@@ -123,7 +123,11 @@ def test_other_task_types() -> None:
         }
     )
     assert spec.tasks[0].params == {"function": "pkg.mod:run", "args": {}}
-    assert spec.tasks[1].params == {"deployment": "churn-api", "environment": "staging"}
+    assert spec.tasks[1].params == {
+        "deployment": "churn-api",
+        "environment": "staging",
+        "strategy": "direct",
+    }
 
 
 def test_exported_constants() -> None:

@@ -33,8 +33,8 @@ def churn_frame(rows: int = 200, seed: int = 7, extra: bool = False) -> pd.DataF
     return frame
 
 
-def fit_pipeline(frame: pd.DataFrame, impute: bool = True) -> Pipeline:
-    """`impute=False` makes a model that raises on a missing value, as a buggy one would."""
+def fit_pipeline(frame: pd.DataFrame, lenient: bool = True) -> Pipeline:
+    """`lenient=False` makes a model that raises on a city it never saw, as a buggy one would."""
     numeric = [c for c in frame.columns if c not in ("city", "churned")]
     steps = [("fill", SimpleImputer()), ("scale", StandardScaler())]
     pipeline = Pipeline(
@@ -45,10 +45,14 @@ def fit_pipeline(frame: pd.DataFrame, impute: bool = True) -> Pipeline:
                     [
                         (
                             "num",
-                            Pipeline(steps if impute else steps[1:]),
+                            Pipeline(steps),
                             numeric,
                         ),
-                        ("cat", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                        (
+                            "cat",
+                            OneHotEncoder(handle_unknown="ignore" if lenient else "error"),
+                            ["city"],
+                        ),
                     ]
                 ),
             ),
