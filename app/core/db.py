@@ -51,6 +51,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def dialect_insert(dialect: str) -> Any:
+    """The insert construct with ON CONFLICT for this backend (Postgres or SQLite)."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def upsert(
+    session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str], update: list[str]
+) -> None:
+    """Insert rows; where `keys` already exist, overwrite the `update` columns."""
+    statement = dialect_insert(session.get_bind().dialect.name)(model)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=keys, set_={c: statement.excluded[c] for c in update}
+        ),
+        rows,
+    )
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {

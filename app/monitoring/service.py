@@ -1,10 +1,8 @@
 """Feedback: ground truth that arrives after the prediction, joined to it by request id."""
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.core.db import utcnow
+from app.core.db import upsert, utcnow
 from app.deployments import service as deployments
 from app.deployments.schemas import FeedbackAccepted, FeedbackBatch, FeedbackItem
 from app.monitoring import repository
@@ -31,20 +29,8 @@ def record_feedback(
         }
         for item in latest.values()
     ]
-    dialect = session.get_bind().dialect.name
-    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Feedback)
-    session.execute(
-        upsert.on_conflict_do_update(
-            index_elements=["deployment", "request_id"],
-            set_={c: upsert.excluded[c] for c in ("labels", "reward", "created_at")},
-        ),
-        rows,
+    upsert(
+        session, Feedback, rows, ["deployment", "request_id"], ["labels", "reward", "created_at"]
     )
     matched = repository.known_request_ids(session, deployment, list(latest))
     return FeedbackAccepted(accepted=len(rows), matched=len(matched))
-
-
-def feedback_for(session: Session, deployment: str, request_id: str) -> Feedback | None:
-    return session.scalar(
-        select(Feedback).where(Feedback.deployment == deployment, Feedback.request_id == request_id)
-    )

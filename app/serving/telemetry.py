@@ -14,9 +14,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 from sqlalchemy import delete, insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.core.db import upsert
 from app.deployments.models import Replica
 from app.ml import latency
 from app.monitoring.models import PredictionLog, ServingRollup
@@ -265,14 +265,9 @@ def write(session: Session, gateway_id: str, pending: Pending) -> None:
     if pending.logs:
         session.execute(insert(PredictionLog), pending.logs)
     if pending.rollups:
-        dialect = session.get_bind().dialect.name
-        upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ServingRollup)
-        keys = ("deployment", "variant", "minute", "gateway")
+        keys = ["deployment", "variant", "minute", "gateway"]
         columns = [k for k in pending.rollups[0] if k not in keys]
-        statement = upsert.on_conflict_do_update(
-            index_elements=list(keys), set_={c: upsert.excluded[c] for c in columns}
-        )
-        session.execute(statement, pending.rollups)
+        upsert(session, ServingRollup, pending.rollups, keys, columns)
     if pending.replicas is not None:
         session.execute(delete(Replica).where(Replica.gateway == gateway_id))
         if pending.replicas:

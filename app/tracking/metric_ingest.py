@@ -8,9 +8,9 @@ import time
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.core.db import dialect_insert
 from app.core.errors import NotFound, Unprocessable
 from app.tracking.models import LatestMetric, Metric, Run
 from app.tracking.schemas import MetricPoint
@@ -66,8 +66,7 @@ def _insert_history(session: Session, rows: list[Row]) -> None:
 def _upsert_statement(dialect: str) -> Any:
     """Built once per dialect and executed with many parameter sets, so SQLAlchemy compiles
     it once instead of on every request."""
-    insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert_for(LATEST)
+    stmt = dialect_insert(dialect)(LATEST)
     excluded = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[LATEST.c.run_id, LATEST.c.key],
