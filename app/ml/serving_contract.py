@@ -64,7 +64,9 @@ def _check_value(value: Any, kind: str) -> bool:
     return isinstance(value, str)
 
 
-def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
+def check_payload(payload: Any, signature: dict[str, Any]) -> tuple[list[str] | None, list[Any]]:
+    """Validate rows against the signature on the plain JSON values, without building a
+    frame: the gateway checks every request this way and leaves the frame to the replica."""
     columns, rows = _rows_from_payload(payload)
     if not rows:
         raise InputError("send at least one row")
@@ -72,12 +74,7 @@ def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
         raise InputError(f"at most {MAX_ROWS} rows per request; got {len(rows)}")
     inputs = signature["inputs"]
     expected = [c["name"] for c in inputs]
-    if columns is None:
-        frame = pd.DataFrame.from_records(rows)
-        present = set().union(*(r.keys() for r in rows))
-    else:
-        frame = pd.DataFrame(rows, columns=columns)
-        present = set(columns)
+    present = set(columns) if columns is not None else set().union(*(r.keys() for r in rows))
     unknown = sorted(present - set(expected))
     if unknown:
         raise InputError(
@@ -85,12 +82,13 @@ def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
         )
     for column in inputs:
         name, kind = column["name"], column["type"]
-        if name not in frame.columns:
+        if name not in present:
             if not column["nullable"]:
                 raise InputError(f"missing required column {name!r}", {"column": name})
-            frame[name] = None
-        values = frame[name].tolist()
-        for index, value in enumerate(values):
+            continue
+        position = columns.index(name) if columns is not None else None
+        for index, row in enumerate(rows):
+            value = row[position] if position is not None else row.get(name)
             if isinstance(value, float) and math.isnan(value):
                 value = None
             if value is None and not column["nullable"]:
@@ -103,8 +101,21 @@ def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
                     f"column {name!r} expects {kind} values; row {index} has {value!r}",
                     {"column": name, "row": index, "expected": kind},
                 )
-        frame[name] = _coerce(frame[name], kind)
-    return frame[expected]
+    return columns, rows
+
+
+def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
+    columns, rows = check_payload(payload, signature)
+    if columns is None:
+        frame = pd.DataFrame.from_records(rows)
+    else:
+        frame = pd.DataFrame(rows, columns=columns)
+    for column in signature["inputs"]:
+        name = column["name"]
+        if name not in frame.columns:
+            frame[name] = None
+        frame[name] = _coerce(frame[name], column["type"])
+    return frame[[c["name"] for c in signature["inputs"]]]
 
 
 def _coerce(series: pd.Series, kind: str) -> pd.Series:

@@ -34,7 +34,7 @@ from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.core.processes import die_with_parent
 from app.deployments.models import Deployment
 from app.deployments.models import Replica as ReplicaRow
-from app.ml.serving_contract import InputError, frame_from_payload
+from app.ml.serving_contract import InputError, check_payload
 from app.registry.models import ModelVersion, RegisteredModel
 from app.serving import protocol
 from app.serving.autoscaler import Autoscaler
@@ -542,7 +542,7 @@ async def _serve(
     try:
         if protocol == "v2":
             payload = _from_v2(payload)
-        frame_from_payload(payload, lane.signature)
+        check_payload(payload, lane.signature)
     except InputError as exc:
         answer = Answer(422, {"error": {"code": "invalid_input", "message": exc.message}}, None)
         gateway._observe(served, lane, request_id, answer, started, None)

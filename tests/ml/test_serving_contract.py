@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from app.ml.serving_contract import InputError, frame_from_payload
+from app.ml.serving_contract import InputError, check_payload, frame_from_payload
 
 SIGNATURE = {
     "inputs": [
@@ -42,6 +42,7 @@ def test_rows_and_dataframe_split_give_the_same_frame() -> None:
         ({"rows": [{"age": 1}]}, "missing required column 'city'"),
         ({"rows": [{"age": 1, "city": "a", "zip": 1}]}, "unknown column(s) ['zip']"),
         ({"rows": [{"age": 1, "city": "a"}, {"age": None, "city": "b"}]}, "row 1 has no value"),
+        ({"rows": [{"age": 1, "city": "a"}, {"city": "b"}]}, "row 1 has no value"),
         ({"rows": []}, "at least one row"),
         ({"rows": "nope"}, "list of objects"),
         ([1, 2], "JSON object"),
@@ -50,6 +51,8 @@ def test_rows_and_dataframe_split_give_the_same_frame() -> None:
     ],
 )
 def test_bad_input_names_the_problem(payload: object, fragment: str) -> None:
-    with pytest.raises(InputError) as caught:
-        frame_from_payload(payload, SIGNATURE)
-    assert fragment in caught.value.message
+    """The gateway's frame-free check and the replica's frame agree on every refusal."""
+    for check in (check_payload, frame_from_payload):
+        with pytest.raises(InputError) as caught:
+            check(payload, SIGNATURE)
+        assert fragment in caught.value.message
