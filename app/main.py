@@ -20,6 +20,7 @@ from app.core.outbox import Publish
 from app.datasets.router import router as datasets_router
 from app.deployments.router import router as deployments_router
 from app.health.router import router as health_router
+from app.monitoring.router import router as monitoring_router
 from app.pipelines.router import pipelines as pipelines_router
 from app.pipelines.router import runs as pipeline_runs_router
 from app.registry.router import router as registry_router
@@ -82,6 +83,7 @@ def create_app(
         sources_router,
         hooks_router,
         deployments_router,
+        monitoring_router,
     )
     for router in routers:
         app.include_router(router)

@@ -1,12 +1,25 @@
-"""Feedback: ground truth that arrives after the prediction, joined to it by request id."""
+"""Feedback (ground truth that arrives after the prediction, joined to it by request id) and
+what it tells: quality over time and fairness across groups."""
 
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.db import upsert, utcnow
+from app.core.errors import Unprocessable
 from app.deployments import service as deployments
 from app.deployments.schemas import FeedbackAccepted, FeedbackBatch, FeedbackItem
+from app.ml import quality
 from app.monitoring import repository
-from app.monitoring.models import Feedback
+from app.monitoring.models import Feedback, PredictionLog
+from app.monitoring.schemas import Fairness, Performance, PerformancePoint
+from app.monitoring.windows import Window
+from app.registry.models import ModelVersion
+
+MAX_ROWS = 500_000  # logged requests one quality query reads; a wider window needs sampling
 
 
 def record_feedback(
@@ -34,3 +47,152 @@ def record_feedback(
     )
     matched = repository.known_request_ids(session, deployment, list(latest))
     return FeedbackAccepted(accepted=len(rows), matched=len(matched))
+
+
+def _version_outputs(session: Session, version_ids: set[int]) -> dict[int, dict[str, Any]]:
+    rows = session.execute(
+        select(ModelVersion.id, ModelVersion.signature).where(ModelVersion.id.in_(version_ids))
+    )
+    return {row.id: (row.signature or {}).get("output", {}) for row in rows}
+
+
+def _labelled_rows(
+    session: Session, deployment: str, span: Window, variant: str | None
+) -> list[Any]:
+    stmt = (
+        select(
+            PredictionLog.created_at,
+            PredictionLog.variant,
+            PredictionLog.model_version_id,
+            PredictionLog.inputs,
+            PredictionLog.outputs,
+            Feedback.labels,
+        )
+        .outerjoin(
+            Feedback,
+            (Feedback.deployment == PredictionLog.deployment)
+            & (Feedback.request_id == PredictionLog.request_id),
+        )
+        .where(
+            PredictionLog.deployment == deployment,
+            PredictionLog.shadow.is_(False),
+            PredictionLog.status == 200,
+            PredictionLog.created_at >= span.start,
+            PredictionLog.created_at < span.end,
+        )
+        .order_by(PredictionLog.created_at)
+        .limit(MAX_ROWS)
+    )
+    if variant is not None:
+        stmt = stmt.where(PredictionLog.variant == variant)
+    return list(session.execute(stmt))
+
+
+def performance(
+    session: Session, deployment: str, span: Window, variant: str | None
+) -> Performance:
+    """Per bucket and variant, the quality of the predictions that got labels."""
+    deployments.get_or_raise(session, deployment)
+    rows = [r for r in _labelled_rows(session, deployment, span, variant) if r.labels]
+    outputs = _version_outputs(session, {r.model_version_id for r in rows})
+    groups: dict[tuple[str, datetime], dict[str, list[Any]]] = defaultdict(
+        lambda: {"labels": [], "predictions": [], "probabilities": [], "version": []}
+    )
+    for row in rows:
+        predictions = (row.outputs or {}).get("predictions") or []
+        if len(predictions) != len(row.labels):
+            continue  # labels that do not line up with the rows answered are not evidence
+        group = groups[(row.variant, span.bucket(row.created_at))]
+        group["labels"].extend(row.labels)
+        group["predictions"].extend(predictions)
+        group["probabilities"].extend((row.outputs or {}).get("probabilities") or [])
+        group["version"].append(row.model_version_id)
+    kind = "classification"
+    points = []
+    for (name, at), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+        output = outputs.get(group["version"][0], {})
+        kind = output.get("kind", "classification")
+        if kind == "regression":
+            values = quality.regression(group["labels"], group["predictions"])
+        else:
+            complete = len(group["probabilities"]) == len(group["labels"])
+            values = quality.classification(
+                group["labels"],
+                group["predictions"],
+                group["probabilities"] if complete else None,
+                output.get("classes") or sorted({str(v) for v in group["labels"]}),
+            )
+        points.append(
+            PerformancePoint(at=at, variant=name, labelled=len(group["labels"]), metrics=values)
+        )
+    return Performance(
+        deployment=deployment,
+        kind=kind,
+        start=span.start,
+        end=span.end,
+        step_seconds=int(span.step.total_seconds()),
+        points=points,
+    )
+
+
+def logged_rows(inputs: Any) -> list[dict[str, Any]]:
+    """The rows of a logged request body, whichever shape it came in."""
+    if not isinstance(inputs, dict):
+        return []
+    if isinstance(inputs.get("dataframe_split"), dict):
+        split = inputs["dataframe_split"]
+        return [dict(zip(split["columns"], row, strict=False)) for row in split.get("data", [])]
+    rows = inputs.get("rows", inputs.get("instances"))
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def fairness(
+    session: Session,
+    deployment: str,
+    span: Window,
+    attribute: str,
+    positive: Any,
+    min_group_size: int,
+    variant: str | None,
+) -> Fairness:
+    deployments.get_or_raise(session, deployment)
+    rows = _labelled_rows(session, deployment, span, variant)
+    groups, predictions, labels = [], [], []
+    seen_columns: set[str] = set()
+    for row in rows:
+        answered = (row.outputs or {}).get("predictions") or []
+        inputs = logged_rows(row.inputs)
+        if len(inputs) != len(answered):
+            continue
+        truth = row.labels if row.labels and len(row.labels) == len(answered) else None
+        for index, values in enumerate(inputs):
+            seen_columns.update(values)
+            if attribute not in values:
+                continue
+            groups.append(values[attribute])
+            predictions.append(answered[index])
+            labels.append(None if truth is None else truth[index])
+    if rows and not groups:
+        raise Unprocessable(
+            f"attribute {attribute!r} is not among the logged inputs {sorted(seen_columns)}",
+            details={"loc": ["query", "attribute"]},
+        )
+    if positive is None:
+        classes = next(
+            iter(_version_outputs(session, {r.model_version_id for r in rows}).values()), {}
+        ).get("classes")
+        if not classes or len(classes) != 2:
+            raise Unprocessable(
+                "name the positive prediction (`positive`): the model is not a binary classifier",
+                details={"loc": ["query", "positive"]},
+            )
+        positive = classes[1]
+    result = quality.fairness(groups, predictions, labels, positive, min_group_size)
+    return Fairness(
+        deployment=deployment,
+        attribute=attribute,
+        positive=positive,
+        start=span.start,
+        end=span.end,
+        **result,
+    )

@@ -61,7 +61,7 @@ def test_a_canary_holds_without_evidence_then_completes_and_moves_the_alias(
     assert "0 of 20 requests" in held["decisions"][-1]["reason"]
 
     traffic.record(session_factory, "churn", "blue", 200)
-    traffic.record(session_factory, "churn", "v2", 25, version_id=2)
+    traffic.record(session_factory, "churn", "v2", 25)
     check(jobs)
     done = current(api)
     assert done["state"] == "completed" and done["percent"] == 100
@@ -90,7 +90,7 @@ def test_linear_steps_advance_one_bake_at_a_time(
     for _ in range(3):
         seen.append(weights(api)["v2"])
         traffic.record(session_factory, "churn", "blue", 30)
-        traffic.record(session_factory, "churn", "v2", 30, version_id=2)
+        traffic.record(session_factory, "churn", "v2", 30)
         check(jobs)
     assert seen == [25, 50, 75] and weights(api) == {"v2": 100}
     rollout = current(api)
@@ -121,7 +121,7 @@ def test_a_guardrail_breach_rolls_back_by_itself(
     deploy(api, bake_seconds=3600)  # the breach is caught during the bake, not after it
     assert api.post(f"{URL}/promote", json={"model": "churn/2"}).status_code == 201
     traffic.record(session_factory, "churn", "blue", 100)
-    traffic.record(session_factory, "churn", "v2", 30, version_id=2, **candidate)
+    traffic.record(session_factory, "churn", "v2", 30, **candidate)
     check(jobs)
     rollout = current(api)
     assert rollout["state"] == "rolled_back", rollout
@@ -145,7 +145,6 @@ def test_disagreement_on_mirrored_requests_rolls_back(
         "churn",
         "v2",
         40,
-        version_id=2,
         shadow=True,
         request_ids=ids,
         predictions=[0] * 3 + [1] * 7,

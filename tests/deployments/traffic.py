@@ -5,9 +5,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import unit_of_work
+from app.deployments.models import Deployment, Variant
 from app.serving.telemetry import Observation, Telemetry, write
 
 
@@ -17,14 +19,25 @@ def record(
     variant: str,
     count: int,
     *,
-    version_id: int = 1,
+    version_id: int | None = None,
     errors: int = 0,
     latency_ms: float = 5.0,
     predictions: Sequence[Any] | None = None,
     request_ids: Sequence[str] | None = None,
     shadow: bool = False,
+    rows: Sequence[dict[str, Any]] | None = None,
+    probabilities: Sequence[list[float]] | None = None,
 ) -> list[str]:
-    telemetry = Telemetry("test-gateway")
+    """Each call is its own gateway, so calls add up in the rollups instead of overwriting."""
+    telemetry = Telemetry(f"test-{uuid.uuid4().hex[:8]}")
+    if version_id is None:  # the version the variant serves, as the gateway would log it
+        with session_factory() as session:
+            version_id = session.scalar(
+                select(Variant.model_version_id)
+                .join(Deployment, Deployment.id == Variant.deployment_id)
+                .where(Deployment.name == deployment, Variant.name == variant)
+            )
+        assert version_id is not None, f"{deployment}/{variant} is not deployed"
     ids = list(request_ids) if request_ids is not None else []
     for i in range(count):
         request_id = ids[i] if i < len(ids) else uuid.uuid4().hex
@@ -43,8 +56,11 @@ def record(
                 None if failed else latency_ms / 2,
                 shadow,
             ),
-            inputs={"rows": [{"age": 30}]},
-            outputs=None if failed else {"predictions": [prediction]},
+            inputs={"rows": [rows[i % len(rows)] if rows else {"age": 30}]},
+            outputs=None
+            if failed
+            else {"predictions": [prediction]}
+            | ({"probabilities": [probabilities[i % len(probabilities)]]} if probabilities else {}),
         )
     with unit_of_work(session_factory) as session:
         write(session, telemetry.gateway_id, telemetry.take())

@@ -1,0 +1,3 @@
+from tests.deployments.conftest import versions
+
+__all__ = ["versions"]
