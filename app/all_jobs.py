@@ -5,6 +5,8 @@ from app.core.jobs import JOBS, JobSpec
 
 def load_jobs() -> dict[str, JobSpec]:
     from app.deployments import jobs as deployment_jobs  # noqa: F401
+    from app.explain import jobs as explain_jobs  # noqa: F401
+    from app.monitoring import jobs as monitoring_jobs  # noqa: F401
     from app.pipelines import housekeeping, orchestrator  # noqa: F401
     from app.registry import jobs as registry_jobs  # noqa: F401
     from app.sources import jobs as source_jobs  # noqa: F401

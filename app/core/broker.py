@@ -29,6 +29,7 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "pipelines-sweep": {"task": "pipelines.sweep", "schedule": settings.sweep_seconds},
             "pipelines-schedules": {"task": "pipelines.tick_schedules", "schedule": 15.0},
+            "monitoring-prune": {"task": "monitoring.prune", "schedule": 3600.0},
             "deployments-rollouts": {
                 "task": "deployments.advance_rollouts",
                 "schedule": settings.rollout_check_seconds,

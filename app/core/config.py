@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     rollout_check_seconds: float = Field(
         default=5, gt=0, description="How often beat checks running rollouts' guardrails."
     )
+    prediction_log_days: int = Field(
+        default=30, ge=1, le=3650, description="Days prediction logs and feedback are kept."
+    )
+    rollup_days: int = Field(
+        default=400, ge=1, le=3650, description="Days per-minute serving rollups are kept."
+    )
     pipeline_max_task_timeout: int = Field(
         default=3600, ge=1, description="Longest timeout a pipeline task may ask for (seconds)."
     )

@@ -30,8 +30,8 @@ class PredictionLog(Base):
     status: Mapped[int] = mapped_column()
     total_ms: Mapped[float] = mapped_column(Float)
     model_ms: Mapped[float | None] = mapped_column(Float, default=None)
-    inputs: Mapped[Any] = mapped_column(JSON, default=None)
-    outputs: Mapped[Any] = mapped_column(JSON, default=None)
+    inputs: Mapped[Any | None] = mapped_column(JSON, default=None)
+    outputs: Mapped[Any | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -45,8 +45,8 @@ def upgrade() -> None:
         sa.Column("status", sa.Integer(), nullable=False),
         sa.Column("total_ms", sa.Float(), nullable=False),
         sa.Column("model_ms", sa.Float(), nullable=True),
-        sa.Column("inputs", sa.JSON(), nullable=False),
-        sa.Column("outputs", sa.JSON(), nullable=False),
+        sa.Column("inputs", sa.JSON(), nullable=True),
+        sa.Column("outputs", sa.JSON(), nullable=True),
         sa.Column("created_at", app.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_prediction_log")),
     )

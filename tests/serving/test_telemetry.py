@@ -1,0 +1,59 @@
+"""The gateway's telemetry without HTTP: what a flush writes, what a full queue drops."""
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.db import unit_of_work
+from app.monitoring.models import PredictionLog, ServingRollup
+from app.serving.telemetry import Observation, Telemetry, sampled, write
+
+
+def flush(telemetry: Telemetry, session_factory: sessionmaker[Session]) -> None:
+    with unit_of_work(session_factory) as session:
+        write(session, telemetry.gateway_id, telemetry.take())
+
+
+def test_a_refused_request_without_inputs_is_logged_and_counted_as_4xx(
+    session_factory: sessionmaker[Session],
+) -> None:
+    telemetry = Telemetry("g1")
+    telemetry.observe(Observation("d", "v", 1, "bad", 422, 0.4, None), inputs=None)
+    telemetry.observe(
+        Observation("d", "v", 1, "ok", 200, 3.0, 1.0, replica=9001),
+        inputs={"rows": [{"a": 1}]},
+        outputs={"predictions": [1]},
+    )
+    flush(telemetry, session_factory)
+    telemetry.observe(Observation("d", "v", 1, "ok2", 200, 5.0, 2.0, replica=9001))
+    flush(telemetry, session_factory)  # the same minute's row is rewritten, not added to
+    with session_factory() as session:
+        logs = session.scalars(select(PredictionLog).order_by(PredictionLog.id)).all()
+        assert [(r.request_id, r.status, r.inputs) for r in logs] == [
+            ("bad", 422, None),
+            ("ok", 200, {"rows": [{"a": 1}]}),
+            ("ok2", 200, None),
+        ]
+        [rollup] = session.scalars(select(ServingRollup)).all()
+        assert (rollup.invocations, rollup.errors_4xx, rollup.errors_5xx) == (3, 1, 0)
+        assert rollup.model_ms_sum == 3.0 and rollup.overhead_ms_sum == 5.0
+        assert rollup.per_replica == {"9001": 2} and sum(rollup.total_ms_hist) == 3
+
+
+def test_a_full_queue_drops_and_counts_instead_of_growing(
+    session_factory: sessionmaker[Session],
+) -> None:
+    telemetry = Telemetry("g2", log_capacity=5)
+    for i in range(8):
+        telemetry.observe(Observation("d", "v", 1, f"r{i}", 200, 1.0, 0.5))
+    assert len(telemetry.logs) == 5 and telemetry.dropped["d"] == 3
+    flush(telemetry, session_factory)
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(PredictionLog)) == 5
+        assert session.scalar(select(ServingRollup.invocations)) == 8  # counts are never dropped
+
+
+def test_sampling_is_decided_by_request_id() -> None:
+    kept = [sampled(f"request-{i}", 0.2) for i in range(5000)]
+    assert 0.17 < sum(kept) / 5000 < 0.23
+    assert kept == [sampled(f"request-{i}", 0.2) for i in range(5000)]  # live and shadow agree
+    assert all(sampled(f"request-{i}", 1.0) for i in range(10))
