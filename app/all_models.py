@@ -6,6 +6,7 @@ from app.core.outbox import OutboxMessage
 from app.datasets import models as dataset_models
 from app.deployments import models as deployment_models
 from app.events import models as event_models
+from app.explain import models as explain_models
 from app.monitoring import models as monitoring_models
 from app.pipelines import models as pipeline_models
 from app.registry import models as registry_models
@@ -19,6 +20,7 @@ __all__ = [
     "dataset_models",
     "deployment_models",
     "event_models",
+    "explain_models",
     "monitoring_models",
     "pipeline_models",
     "registry_models",

@@ -19,6 +19,7 @@ from app.core.observability import PrometheusMiddleware
 from app.core.outbox import Publish
 from app.datasets.router import router as datasets_router
 from app.deployments.router import router as deployments_router
+from app.explain.router import router as explain_router
 from app.health.router import router as health_router
 from app.monitoring.router import router as monitoring_router
 from app.pipelines.router import pipelines as pipelines_router
@@ -78,6 +79,7 @@ def create_app(
         runs_router,
         datasets_router,
         registry_router,
+        explain_router,
         pipelines_router,
         pipeline_runs_router,
         sources_router,

@@ -20,6 +20,7 @@ from app.core.outbox import OutboxMessage
 from app.core.security import Role
 from app.main import create_app
 from tests.dbutil import is_postgres_url, provide_database
+from tests.registry.helpers import Registry, churn_frame, fit_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -165,3 +166,16 @@ def api(client: TestClient, auth: Callable[[Role], dict[str, str]]) -> TestClien
     """A client that sends an admin token unless a test passes other headers."""
     client.headers.update(auth(Role.admin))
     return client
+
+
+@pytest.fixture
+def versions(api: TestClient, tmp_path: Path, jobs: InlineJobs) -> None:
+    """Two ready versions of `churn`: 1 is the champion, 2 the challenger."""
+    frame = churn_frame()
+    registry = Registry(api, tmp_path)
+    dataset = registry.dataset_version(frame)
+    registry.register("churn", fit_pipeline(frame), dataset["id"])
+    registry.register("churn", fit_pipeline(churn_frame(seed=3)), dataset["id"])
+    jobs.run()
+    api.put("/api/v1/models/churn/aliases/champion", json={"version": 1})
+    api.put("/api/v1/models/churn/aliases/challenger", json={"version": 2})

@@ -20,7 +20,8 @@ errors: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(prefix=API_PREFIX + "/deployments", tags=["monitoring"], responses=errors)
 From = Annotated[
-    datetime | None, Query(alias="from", description="Start (ISO 8601); default: `to` minus the window.")
+    datetime | None,
+    Query(alias="from", description="Start (ISO 8601); default: `to` minus the window."),
 ]
 To = Annotated[datetime | None, Query(description="End (ISO 8601); default: now.")]
 

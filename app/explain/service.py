@@ -1,0 +1,496 @@
+"""Explanations of registered model versions: per-row SHAP values, global importance (computed
+by a job and cached per version and data digest), attribution drift between versions, plots.
+
+Takes a session, raises AppError, never commits. The loaded model and its explainer are kept
+per process (keyed by version id and artifact digest): loading a skops file and building Tree
+SHAP's tables cost more than explaining a hundred rows.
+"""
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import case, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.auth.service import Principal
+from app.core.artifacts import ArtifactStore
+from app.core.db import utcnow
+from app.core.errors import AppError, Conflict, NotFound, Unprocessable
+from app.core.outbox import enqueue
+from app.datasets.models import DatasetVersion
+from app.explain import plots
+from app.explain.models import FeatureImportance, ImportanceStatus
+from app.explain.schemas import (
+    Additivity,
+    AttributionDriftRead,
+    ExplainRequest,
+    ExplanationRead,
+    ImportanceRead,
+    ImportanceRequest,
+    OutputExplanation,
+    RankChange,
+    RowExplanation,
+)
+from app.ml import explain as shapley
+from app.ml.model_files import ModelFileError, load_model
+from app.ml.serving_contract import InputError, frame_from_payload
+from app.ml.tabular import TableFormatError, read_table
+from app.registry import service as registry
+from app.registry.models import ModelVersion, RegisteredModel, VersionStatus
+
+IMPORTANCE_JOB = "explain.importance"
+MAX_ROWS = 1_000  # per request for Tree/Linear SHAP; more rows belong in the importance job
+MAX_KERNEL_WORK = 2_000_000  # model predictions one request may cost the agnostic explainer
+CACHE_SIZE = 8
+
+_explainers: OrderedDict[tuple[int, str], shapley.ModelExplainer] = OrderedDict()
+_explainers_lock = threading.Lock()
+
+
+def _app_error(exc: shapley.ExplainError) -> AppError:
+    return Unprocessable(exc.message, code=exc.code)
+
+
+# -- versions, frames, explainers -------------------------------------------------------------
+
+
+def ready_version(session: Session, name: str, ref: str) -> tuple[RegisteredModel, ModelVersion]:
+    model = registry.get_model_or_raise(session, name)
+    version = registry.get_version_or_raise(session, model, ref)
+    if version.status != VersionStatus.ready or version.signature is None:
+        raise Conflict(
+            f"version {version.version} is {version.status.value}; only a ready version can "
+            "be explained (wait for its registration job)"
+        )
+    return model, version
+
+
+def request_frame(signature: dict[str, Any], payload: dict[str, Any]) -> pd.DataFrame:
+    """Rows checked against the signature exactly as predict checks them."""
+    try:
+        return frame_from_payload(payload, signature)
+    except InputError as exc:
+        raise Unprocessable(exc.message, code="invalid_input", details=exc.details) from exc
+
+
+def _background(version: ModelVersion) -> pd.DataFrame | None:
+    sample = version.background_sample
+    if not sample or not sample.get("rows") or version.signature is None:
+        return None
+    split = {"columns": sample["columns"], "data": sample["rows"]}
+    return request_frame(version.signature, {"dataframe_split": split})
+
+
+def explainer_for(store: ArtifactStore, version: ModelVersion) -> shapley.ModelExplainer:
+    """The version's explainer, built on first use in this process."""
+    key = (version.id, version.artifact_digest)
+    with _explainers_lock:
+        if key in _explainers:
+            _explainers.move_to_end(key)
+            return _explainers[key]
+    try:
+        model = load_model(
+            registry.artifact_path(store, version),
+            digest=version.artifact_digest,
+            types=version.artifact_types or [],
+        )
+    except (ModelFileError, OSError) as exc:
+        raise Conflict(
+            f"the model file of version {version.version} could not be loaded: {exc}",
+            code="model_unloadable",
+        ) from exc
+    assert version.signature is not None
+    features = [c["name"] for c in version.signature["inputs"]]
+    try:
+        built = shapley.ModelExplainer(model, features, _background(version))
+    except shapley.ExplainError as exc:
+        raise _app_error(exc) from exc
+    with _explainers_lock:
+        _explainers[key] = built
+        while len(_explainers) > CACHE_SIZE:
+            _explainers.popitem(last=False)
+    return built
+
+
+def run_explainer(
+    explainer: shapley.ModelExplainer,
+    frame: pd.DataFrame,
+    *,
+    max_evals: int | None,
+    max_work: int | None,
+) -> shapley.Explanation:
+    try:
+        return explainer.explain(frame, max_evals=max_evals, max_work=max_work)
+    except shapley.ExplainError as exc:
+        raise _app_error(exc) from exc
+    except Exception as exc:  # the model's own failure on these rows (e.g. an unseen category)
+        raise Unprocessable(
+            f"the model failed on these rows: {type(exc).__name__}: {exc}"[:1000],
+            code="model_error",
+        ) from exc
+
+
+# -- per-row explanations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowsExplained:
+    model: RegisteredModel
+    version: ModelVersion
+    frame: pd.DataFrame
+    explanation: shapley.Explanation
+    outputs: list[int]  # which output columns (classes) to report
+
+
+def _explain_rows(
+    session: Session, store: ArtifactStore, name: str, ref: str, body: ExplainRequest
+) -> RowsExplained:
+    model, version = ready_version(session, name, ref)
+    assert version.signature is not None
+    frame = request_frame(version.signature, body.payload())
+    explainer = explainer_for(store, version)
+    if explainer.kind != "kernel" and len(frame) > MAX_ROWS:
+        raise Unprocessable(
+            f"at most {MAX_ROWS} rows per explain request; got {len(frame)}. For importance "
+            "over many rows use POST .../importance (a job)",
+            code="too_many_rows",
+        )
+    explanation = run_explainer(
+        explainer, frame, max_evals=body.max_evals, max_work=MAX_KERNEL_WORK
+    )
+    return RowsExplained(model, version, frame, explanation, _outputs(explanation, body))
+
+
+def _outputs(explanation: shapley.Explanation, body: ExplainRequest) -> list[int]:
+    width = explanation.values.shape[2]
+    if body.output_class is None:
+        return list(range(width))
+    classes = explanation.classes
+    if classes is None:
+        raise Unprocessable(
+            "output_class applies to classifiers; this model is a regressor", code="invalid_class"
+        )
+    found = [i for i, c in enumerate(classes) if str(c) == str(body.output_class)]
+    if not found:
+        raise Unprocessable(
+            f"output_class {body.output_class!r} is not a class of the model: {classes}",
+            code="invalid_class",
+            details={"classes": classes},
+        )
+    return found
+
+
+def explain(
+    session: Session, store: ArtifactStore, name: str, ref: str, body: ExplainRequest
+) -> ExplanationRead:
+    done = _explain_rows(session, store, name, ref, body)
+    result = done.explanation
+    features = result.features
+    labels = result.classes
+    rows = []
+    for n in range(len(done.frame)):
+        outputs = [
+            OutputExplanation(
+                class_label=labels[k] if labels is not None else None,
+                base_value=float(result.base_values[n, k]),
+                output=float(result.outputs[n, k]),
+                shap_values=dict(zip(features, result.values[n, :, k].tolist(), strict=True)),
+            )
+            for k in done.outputs
+        ]
+        rows.append(RowExplanation(row=n, outputs=outputs))
+    notes = list(result.notes)
+    if body.max_evals is not None and result.explainer != "kernel":
+        notes.append(f"max_evals ignored: the {result.explainer} explainer is exact")
+    return ExplanationRead(
+        model=done.model.name,
+        version=done.version.version,
+        explainer=result.explainer,
+        output_space=result.output_space,
+        features=features,
+        classes=labels,
+        additivity=Additivity(
+            holds=result.additive, max_error=result.max_error, tolerance=result.tolerance
+        ),
+        approximate=result.approximate,
+        approximations=result.approximations,
+        notes=notes,
+        max_evals=result.max_evals,
+        background_rows=result.background_rows,
+        rows=rows,
+    )
+
+
+def waterfall_plot(
+    session: Session,
+    store: ArtifactStore,
+    name: str,
+    ref: str,
+    body: ExplainRequest,
+    *,
+    row: int,
+    fmt: plots.Format,
+) -> bytes:
+    """One row's waterfall, for the chosen class (default: the last, the positive class)."""
+    done = _explain_rows(session, store, name, ref, body)
+    if not 0 <= row < len(done.frame):
+        raise Unprocessable(f"row {row} is out of range; the request has {len(done.frame)} rows")
+    result = done.explanation
+    k = done.outputs[-1]
+    values = done.frame.iloc[row]
+    contributions = [
+        (feature, values[feature], float(result.values[row, j, k]))
+        for j, feature in enumerate(result.features)
+    ]
+    label = f", class {result.classes[k]}" if result.classes is not None else ""
+    return plots.waterfall(
+        contributions,
+        base_value=float(result.base_values[row, k]),
+        output=float(result.outputs[row, k]),
+        title=f"{done.model.name} v{done.version.version}: row {row}{label} "
+        f"({result.explainer} SHAP, {result.output_space})",
+        fmt=fmt,
+    )
+
+
+# -- global importance ------------------------------------------------------------------------
+
+
+def request_importance(
+    session: Session, name: str, ref: str, body: ImportanceRequest, *, by: Principal
+) -> ImportanceRead:
+    """A cached result for the same (version, data digest, sample size), or a new job."""
+    model, version = ready_version(session, name, ref)
+    dataset = (
+        session.get(DatasetVersion, version.dataset_version_id)
+        if version.dataset_version_id is not None
+        else None
+    )
+    if dataset is None:
+        raise Conflict(
+            f"version {version.version} has no reference data; register it with "
+            "dataset_version_id to compute global importance",
+            code="no_reference_data",
+        )
+    key = (
+        FeatureImportance.model_version_id == version.id,
+        FeatureImportance.data_digest == dataset.digest,
+        FeatureImportance.sample_rows == body.sample_rows,
+    )
+    row = session.scalar(select(FeatureImportance).where(*key).with_for_update())
+    if row is not None and row.status != ImportanceStatus.failed and not body.refresh:
+        return importance_read(row, model, version, cached=True)
+    if row is None:
+        row = FeatureImportance(
+            model_version_id=version.id,
+            data_digest=dataset.digest,
+            dataset_version_id=dataset.id,
+            sample_rows=body.sample_rows,
+        )
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:  # a concurrent request created it: answer with that one
+            found = session.scalar(select(FeatureImportance).where(*key))
+            assert found is not None
+            return importance_read(found, model, version, cached=True)
+    elif row.status in (ImportanceStatus.pending, ImportanceStatus.running):
+        return importance_read(row, model, version, cached=True)  # already on its way
+    row.status = ImportanceStatus.pending
+    row.status_message = None
+    row.max_evals = body.max_evals
+    row.requested_by = by.name
+    row.updated_at = utcnow()
+    session.flush()
+    enqueue(session, IMPORTANCE_JOB, {"importance_id": row.id})
+    return importance_read(row, model, version)
+
+
+def get_importance(
+    session: Session, name: str, ref: str, sample_rows: int | None = None
+) -> ImportanceRead:
+    """The newest ready result for the version (or the newest request, if none is ready)."""
+    model = registry.get_model_or_raise(session, name)
+    version = registry.get_version_or_raise(session, model, ref)
+    row = _importance_of(session, version, sample_rows, ready_only=False)
+    if row is None:
+        raise NotFound(
+            f"no global importance for {model.name} version {version.version}; "
+            f"compute it with POST /api/v1/models/{model.name}/versions/{version.version}"
+            "/importance"
+        )
+    return importance_read(row, model, version)
+
+
+def _importance_of(
+    session: Session, version: ModelVersion, sample_rows: int | None, *, ready_only: bool
+) -> FeatureImportance | None:
+    stmt = select(FeatureImportance).where(FeatureImportance.model_version_id == version.id)
+    if sample_rows is not None:
+        stmt = stmt.where(FeatureImportance.sample_rows == sample_rows)
+    if ready_only:
+        stmt = stmt.where(FeatureImportance.status == ImportanceStatus.ready)
+    ready_first = case((FeatureImportance.status == ImportanceStatus.ready, 0), else_=1)
+    return session.scalar(
+        stmt.order_by(
+            ready_first, FeatureImportance.computed_at.desc(), FeatureImportance.id.desc()
+        ).limit(1)
+    )
+
+
+def importance_read(
+    row: FeatureImportance, model: RegisteredModel, version: ModelVersion, *, cached: bool = False
+) -> ImportanceRead:
+    rate = (
+        row.sample_size / row.duration_seconds if row.sample_size and row.duration_seconds else None
+    )
+    return ImportanceRead.model_validate(
+        {
+            "id": row.id,
+            "model": model.name,
+            "version": version.version,
+            "status": row.status,
+            "status_message": row.status_message,
+            "source": row.source,
+            "dataset_version_id": row.dataset_version_id,
+            "data_digest": row.data_digest,
+            "sample_rows": row.sample_rows,
+            "sample_size": row.sample_size,
+            "explainer": row.explainer,
+            "output_space": row.output_space,
+            "classes": row.classes,
+            "features": row.features,
+            "approximations": row.approximations,
+            "duration_seconds": row.duration_seconds,
+            "rows_per_second": rate,
+            "cached": cached,
+            "requested_by": row.requested_by,
+            "created_at": row.created_at,
+            "computed_at": row.computed_at,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ImportanceInputs:
+    """What the job needs, read in a short transaction so the computation holds none."""
+
+    importance_id: int
+    version: ModelVersion
+    dataset_uri: str
+    dataset_format: str
+    sample_rows: int
+    seed: int
+    max_evals: int | None
+
+
+def reference_sample(
+    store: ArtifactStore, inputs: ImportanceInputs, signature: dict[str, Any]
+) -> pd.DataFrame:
+    """A seeded sample of the reference data, typed exactly as a request's rows would be."""
+    try:
+        table = read_table(store.resolve(inputs.dataset_uri), inputs.dataset_format)  # type: ignore[arg-type]
+    except (TableFormatError, OSError) as exc:
+        raise Unprocessable(f"the reference data could not be read: {exc}") from exc
+    columns = [c["name"] for c in signature["inputs"]]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise Unprocessable(f"the reference data lacks the model's columns {missing}")
+    sample = table.sample(n=min(inputs.sample_rows, len(table)), random_state=inputs.seed)
+    sample = sample[columns]
+    values = sample.astype(object).where(sample.notna(), None).to_numpy().tolist()
+    rows = [[v.item() if isinstance(v, np.generic) else v for v in row] for row in values]
+    return request_frame(signature, {"dataframe_split": {"columns": columns, "data": rows}})
+
+
+def compute_importance(store: ArtifactStore, inputs: ImportanceInputs) -> dict[str, Any]:
+    """Mean |SHAP| per feature over the sample; the columns to store on the result row."""
+    signature = inputs.version.signature
+    assert signature is not None
+    started = time.perf_counter()
+    frame = reference_sample(store, inputs, signature)
+    explainer = explainer_for(store, inputs.version)
+    result = run_explainer(explainer, frame, max_evals=inputs.max_evals, max_work=None)
+    return {
+        "sample_size": len(frame),
+        "explainer": result.explainer,
+        "output_space": result.output_space,
+        "classes": result.classes,
+        "features": shapley.mean_abs(result),
+        "approximations": result.approximations,
+        "duration_seconds": time.perf_counter() - started,
+    }
+
+
+def importance_plot(session: Session, name: str, ref: str, *, fmt: plots.Format, top: int) -> bytes:
+    model = registry.get_model_or_raise(session, name)
+    version = registry.get_version_or_raise(session, model, ref)
+    row = _ready_importance(session, model, version)
+    assert row.features is not None
+    items = [(f["feature"], float(f["mean_abs_shap"])) for f in row.features]
+    title = (
+        f"{model.name} v{version.version}: mean |SHAP| over {row.sample_size} rows "
+        f"({row.explainer}, {row.output_space})"
+    )
+    return plots.importance_bar(items, title=title, fmt=fmt, top=top)
+
+
+def _ready_importance(
+    session: Session, model: RegisteredModel, version: ModelVersion
+) -> FeatureImportance:
+    row = _importance_of(session, version, None, ready_only=True)
+    if row is None:
+        raise Conflict(
+            f"version {version.version} has no computed global importance yet; "
+            f"POST /api/v1/models/{model.name}/versions/{version.version}/importance "
+            "and wait for it to be ready",
+            code="importance_not_ready",
+        )
+    return row
+
+
+# -- attribution drift ------------------------------------------------------------------------
+
+
+def attribution_drift(
+    session: Session,
+    name: str,
+    ref: str,
+    *,
+    baseline: str,
+    k: int | None,
+    threshold: float,
+) -> AttributionDriftRead:
+    """Compare the rankings of two versions' global importances (nDCG@k)."""
+    model = registry.get_model_or_raise(session, name)
+    candidate = registry.get_version_or_raise(session, model, ref)
+    reference = registry.get_version_or_raise(session, model, baseline)
+    new, old = (
+        _ready_importance(session, model, candidate),
+        _ready_importance(session, model, reference),
+    )
+    assert new.features is not None and old.features is not None
+    result = shapley.attribution_drift(
+        {f["feature"]: f["mean_abs_shap"] for f in old.features},
+        {f["feature"]: f["mean_abs_shap"] for f in new.features},
+        k=k,
+        threshold=threshold,
+    )
+    return AttributionDriftRead(
+        model=model.name,
+        version=candidate.version,
+        baseline_version=reference.version,
+        ndcg=result["ndcg"],
+        k=k,
+        threshold=threshold,
+        drifted=result["drifted"],
+        importance_id=new.id,
+        baseline_importance_id=old.id,
+        rank_changes=[RankChange(**change) for change in result["rank_changes"]],
+    )

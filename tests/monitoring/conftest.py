@@ -1,3 +1,0 @@
-from tests.deployments.conftest import versions
-
-__all__ = ["versions"]
