@@ -79,12 +79,24 @@ def request_frame(signature: dict[str, Any], payload: dict[str, Any]) -> pd.Data
         raise Unprocessable(exc.message, code="invalid_input", details=exc.details) from exc
 
 
-def _background(version: ModelVersion) -> pd.DataFrame | None:
-    sample = version.background_sample
-    if not sample or not sample.get("rows") or version.signature is None:
+def background_frame(
+    signature: dict[str, Any], sample: dict[str, Any] | None
+) -> pd.DataFrame | None:
+    """The version's stored background rows (what Linear and Kernel SHAP integrate over)."""
+    if not sample or not sample.get("rows"):
         return None
     split = {"columns": sample["columns"], "data": sample["rows"]}
-    return request_frame(version.signature, {"dataframe_split": split})
+    return request_frame(signature, {"dataframe_split": split})
+
+
+def build_explainer(
+    model: Any, signature: dict[str, Any], sample: dict[str, Any] | None
+) -> shapley.ModelExplainer:
+    features = [c["name"] for c in signature["inputs"]]
+    try:
+        return shapley.ModelExplainer(model, features, background_frame(signature, sample))
+    except shapley.ExplainError as exc:
+        raise _app_error(exc) from exc
 
 
 def explainer_for(store: ArtifactStore, version: ModelVersion) -> shapley.ModelExplainer:
@@ -106,11 +118,7 @@ def explainer_for(store: ArtifactStore, version: ModelVersion) -> shapley.ModelE
             code="model_unloadable",
         ) from exc
     assert version.signature is not None
-    features = [c["name"] for c in version.signature["inputs"]]
-    try:
-        built = shapley.ModelExplainer(model, features, _background(version))
-    except shapley.ExplainError as exc:
-        raise _app_error(exc) from exc
+    built = build_explainer(model, version.signature, version.background_sample)
     with _explainers_lock:
         _explainers[key] = built
         while len(_explainers) > CACHE_SIZE:
@@ -154,7 +162,14 @@ def _explain_rows(
     model, version = ready_version(session, name, ref)
     assert version.signature is not None
     frame = request_frame(version.signature, body.payload())
-    explainer = explainer_for(store, version)
+    explanation, outputs = explain_frame(explainer_for(store, version), frame, body)
+    return RowsExplained(model, version, frame, explanation, outputs)
+
+
+def explain_frame(
+    explainer: shapley.ModelExplainer, frame: pd.DataFrame, body: ExplainRequest
+) -> tuple[shapley.Explanation, list[int]]:
+    """Explain checked rows within the request limits; also what a replica runs."""
     if explainer.kind != "kernel" and len(frame) > MAX_ROWS:
         raise Unprocessable(
             f"at most {MAX_ROWS} rows per explain request; got {len(frame)}. For importance "
@@ -164,7 +179,7 @@ def _explain_rows(
     explanation = run_explainer(
         explainer, frame, max_evals=body.max_evals, max_work=MAX_KERNEL_WORK
     )
-    return RowsExplained(model, version, frame, explanation, _outputs(explanation, body))
+    return explanation, _outputs(explanation, body)
 
 
 def _outputs(explanation: shapley.Explanation, body: ExplainRequest) -> list[int]:
@@ -190,27 +205,38 @@ def explain(
     session: Session, store: ArtifactStore, name: str, ref: str, body: ExplainRequest
 ) -> ExplanationRead:
     done = _explain_rows(session, store, name, ref, body)
-    result = done.explanation
+    return read_explanation(
+        done.model.name, done.version.version, done.explanation, done.outputs, body
+    )
+
+
+def read_explanation(
+    model: str,
+    version: int,
+    result: shapley.Explanation,
+    outputs: list[int],
+    body: ExplainRequest,
+) -> ExplanationRead:
     features = result.features
     labels = result.classes
     rows = []
-    for n in range(len(done.frame)):
-        outputs = [
+    for n in range(result.values.shape[0]):
+        explained = [
             OutputExplanation(
                 class_label=labels[k] if labels is not None else None,
                 base_value=float(result.base_values[n, k]),
                 output=float(result.outputs[n, k]),
                 shap_values=dict(zip(features, result.values[n, :, k].tolist(), strict=True)),
             )
-            for k in done.outputs
+            for k in outputs
         ]
-        rows.append(RowExplanation(row=n, outputs=outputs))
+        rows.append(RowExplanation(row=n, outputs=explained))
     notes = list(result.notes)
     if body.max_evals is not None and result.explainer != "kernel":
         notes.append(f"max_evals ignored: the {result.explainer} explainer is exact")
     return ExplanationRead(
-        model=done.model.name,
-        version=done.version.version,
+        model=model,
+        version=version,
         explainer=result.explainer,
         output_space=result.output_space,
         features=features,

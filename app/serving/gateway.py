@@ -337,7 +337,9 @@ class Gateway:
         finally:
             lane.waiting -= 1
 
-    async def forward(self, served: Served, lane: Lane, payload: Any) -> Answer:
+    async def forward(
+        self, served: Served, lane: Lane, payload: Any, path: str = "/predict"
+    ) -> Answer:
         """Predictions are idempotent, so a request whose replica dies under it is retried
         once on another (or a freshly started) replica."""
         lane.requests += 1
@@ -350,7 +352,7 @@ class Gateway:
                 return Answer(503, {"error": {"code": "no_replica", "message": message}}, None)
             replica.in_flight += 1
             try:
-                url = f"http://127.0.0.1:{replica.port}/predict"
+                url = f"http://127.0.0.1:{replica.port}{path}"
                 response = await self.http.post(url, json=payload)
             except httpx.TransportError:
                 self._drop(served, lane, replica)
@@ -484,6 +486,12 @@ def create_gateway(
     async def serve_predict(deployment: str, request: Request) -> JSONResponse:
         return await _serve(gateway, deployment, request)
 
+    @app.post("/serve/{deployment}/explain")
+    async def serve_explain(deployment: str, request: Request) -> JSONResponse:
+        """SHAP values from the version that serves this request's variant (same routing,
+        same stickiness); not mirrored and not logged as a prediction."""
+        return await _serve(gateway, deployment, request, protocol="explain")
+
     return app
 
 
@@ -547,6 +555,13 @@ async def _serve(
         answer = Answer(422, {"error": {"code": "invalid_input", "message": exc.message}}, None)
         gateway._observe(served, lane, request_id, answer, started, None)
         return _error(422, "invalid_input", exc.message, request_id, exc.details, headers)
+    if protocol == "explain":
+        answer = await gateway.forward(served, lane, payload, "/explain")
+        return JSONResponse(
+            {"request_id": request_id, "variant": lane.name, **answer.body},
+            status_code=answer.status,
+            headers=headers,
+        )
     for other in served.lanes:
         if other is not lane and (other.mode == "shadow" or other.mirror):
             gateway.spawn(gateway.mirror(served, other, payload, request_id))

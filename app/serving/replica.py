@@ -1,14 +1,18 @@
 """One model version in its own process: `python -m app.serving.replica --version-id N --port P`.
 
-Loads the registered file once (digest and types verified) and answers the predict contract.
-The gateway starts and stops replicas; a crash of one takes no other model down with it.
+Loads the registered file once (digest and types verified) and answers the predict contract,
+and explanations with the same loaded model. The gateway starts and stops replicas; a crash
+of one takes no other model down with it.
 """
 
 import argparse
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import uvicorn
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -17,28 +21,52 @@ from starlette.routing import Route
 from app.core.artifacts import ArtifactStore
 from app.core.config import get_settings
 from app.core.db import create_db_engine, create_session_factory
+from app.core.errors import AppError
 from app.ml.model_files import load_model
 from app.ml.serving_contract import InputError, frame_from_payload, predict
-from app.registry.models import ModelVersion
+from app.registry.models import ModelVersion, RegisteredModel
 
 
-def load(version_id: int) -> tuple[Any, dict[str, Any]]:
+@dataclass
+class Loaded:
+    model: Any
+    signature: dict[str, Any]
+    name: str
+    version: int
+    background: dict[str, Any] | None
+    explainer: Any = None  # built on the first explain request
+
+
+def load(version_id: int) -> Loaded:
     settings = get_settings()
     engine = create_db_engine(settings.resolved_database_url)
     with create_session_factory(engine)() as session:
         version = session.get(ModelVersion, version_id)
         if version is None or version.signature is None:
             raise SystemExit(f"model version {version_id} does not exist or has no signature")
+        registered = session.get(RegisteredModel, version.model_id)
         path = ArtifactStore(settings.resolved_artifact_root).path_for_digest(
             version.artifact_digest
         )
         model = load_model(path, digest=version.artifact_digest, types=version.artifact_types or [])
-        signature = version.signature
+        loaded = Loaded(
+            model,
+            version.signature,
+            registered.name if registered else "",
+            version.version,
+            version.background_sample,
+        )
     engine.dispose()
-    return model, signature
+    return loaded
 
 
-def build_app(model: Any, signature: dict[str, Any]) -> Starlette:
+def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status)
+
+
+def build_app(loaded: Loaded) -> Starlette:
+    signature = loaded.signature
+
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ready"})
 
@@ -47,25 +75,47 @@ def build_app(model: Any, signature: dict[str, Any]) -> Starlette:
         try:
             frame = frame_from_payload(await request.json(), signature)
         except InputError as exc:
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "invalid_input",
-                        "message": exc.message,
-                        "details": exc.details,
-                    }
-                },
-                422,
-            )
+            return _error(422, "invalid_input", exc.message, exc.details)
         try:
-            result = predict(model, frame, signature)
+            result = predict(loaded.model, frame, signature)
         except Exception as exc:  # the model's own failure: a 500 the gateway can count
-            message = f"{type(exc).__name__}: {exc}"[:500]
-            return JSONResponse({"error": {"code": "model_error", "message": message}}, 500)
+            return _error(500, "model_error", f"{type(exc).__name__}: {exc}"[:500])
         result["model_latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return JSONResponse(result)
 
-    return Starlette(routes=[Route("/health", health), Route("/predict", infer, methods=["POST"])])
+    def explain_sync(payload: Any) -> JSONResponse:
+        # imported here, not at start: SHAP and plotting would add seconds to every cold start
+        from app.explain import service as explaining
+        from app.explain.schemas import ExplainRequest
+
+        try:
+            body = ExplainRequest.model_validate(payload)
+        except ValidationError as exc:
+            return _error(422, "invalid_request", str(exc.errors()[0]["msg"]), exc.errors())
+        try:
+            frame = explaining.request_frame(signature, body.payload())
+            if loaded.explainer is None:
+                loaded.explainer = explaining.build_explainer(
+                    loaded.model, signature, loaded.background
+                )
+            result, outputs = explaining.explain_frame(loaded.explainer, frame, body)
+        except AppError as exc:
+            return _error(exc.status_code, exc.code, exc.message, exc.details)
+        read = explaining.read_explanation(loaded.name, loaded.version, result, outputs, body)
+        return JSONResponse(read.model_dump(mode="json"))
+
+    async def explain(request: Request) -> JSONResponse:
+        """SHAP values with the model this replica serves (computed off the event loop)."""
+        payload = await request.json()
+        return await anyio.to_thread.run_sync(explain_sync, payload)
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/predict", infer, methods=["POST"]),
+            Route("/explain", explain, methods=["POST"]),
+        ]
+    )
 
 
 def main() -> None:
@@ -73,9 +123,8 @@ def main() -> None:
     parser.add_argument("--version-id", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    model, signature = load(args.version_id)
     uvicorn.run(
-        build_app(model, signature),
+        build_app(load(args.version_id)),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",

@@ -148,3 +148,28 @@ def test_open_inference_protocol_and_actual_state(stack: dict[str, Any]) -> None
         assert blue["replicas"][0]["ready"] is True and blue["replicas"][0]["pid"] > 0
         assert blue["replicas"][0]["cold_start_seconds"] > 0 and blue["cold_starts_seconds"]
         assert http.get("/gateway/deployments/nope").status_code == 404
+
+
+def test_explain_through_the_gateway_uses_the_variants_version(stack: dict[str, Any]) -> None:
+    base, frame, api = stack["base"], stack["frame"], stack["api"]
+    sample = rows(frame, 3)
+    with httpx.Client(base_url=base, timeout=60) as http:
+        answer = http.post(
+            "/serve/churn/explain", json={"rows": sample}, headers={"x-user-id": "carol"}
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        predicted = http.post(
+            "/serve/churn/predict", json={"rows": sample}, headers={"x-user-id": "carol"}
+        ).json()
+        bad = http.post("/serve/churn/explain", json={"rows": [{"age": "old"}]})
+    assert body["variant"] == predicted["variant"] == answer.headers["x-flywheel-variant"]
+    assert body["version"] == predicted["model_version"]
+    assert body["features"] == FEATURES and body["additivity"]["holds"] is True
+    direct = api.post(
+        f"/api/v1/models/churn/versions/{body['version']}/explain", json={"rows": sample}
+    ).json()
+    for ours, theirs in zip(body["rows"], direct["rows"], strict=True):
+        for a, b in zip(ours["outputs"], theirs["outputs"], strict=True):
+            assert a["shap_values"] == pytest.approx(b["shap_values"], abs=1e-9)
+    assert bad.status_code == 422 and "age" in bad.json()["error"]["message"]
