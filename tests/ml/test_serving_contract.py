@@ -31,6 +31,11 @@ def test_rows_and_dataframe_split_give_the_same_frame() -> None:
     assert list(a.columns) == ["age", "income", "city", "vip"]
     pd.testing.assert_frame_equal(a, b)
     assert a["age"].dtype.kind == "i" and a["income"].dtype.kind == "f"
+    # strings stay objects with None for missing, as the model saw them in training
+    assert a["city"].dtype == object and b["vip"].tolist()[1] is pd.NA
+    split_missing = {"dataframe_split": {"columns": ["age", "city"], "data": [[1, None]]}}
+    loose = {**SIGNATURE, "inputs": [{**c, "nullable": True} for c in SIGNATURE["inputs"]]}
+    assert frame_from_payload(split_missing, loose)["city"].tolist() == [None]
 
 
 @pytest.mark.parametrize(
