@@ -11,6 +11,7 @@ from app.monitoring import models as monitoring_models
 from app.pipelines import models as pipeline_models
 from app.registry import models as registry_models
 from app.sources import models as source_models
+from app.subscriptions import models as subscription_models
 from app.tracking import models as tracking_models
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "pipeline_models",
     "registry_models",
     "source_models",
+    "subscription_models",
     "tracking_models",
 ]

@@ -21,12 +21,14 @@ from app.datasets.router import router as datasets_router
 from app.deployments.router import router as deployments_router
 from app.explain.router import router as explain_router
 from app.health.router import router as health_router
+from app.monitoring.router import alerting as alerting_router
 from app.monitoring.router import router as monitoring_router
 from app.pipelines.router import pipelines as pipelines_router
 from app.pipelines.router import runs as pipeline_runs_router
 from app.registry.router import router as registry_router
 from app.sources.router import hooks as hooks_router
 from app.sources.router import router as sources_router
+from app.subscriptions.router import router as subscriptions_router
 from app.tracking.router import experiments as experiments_router
 from app.tracking.router import runs as runs_router
 
@@ -86,6 +88,8 @@ def create_app(
         hooks_router,
         deployments_router,
         monitoring_router,
+        alerting_router,
+        subscriptions_router,
     )
     for router in routers:
         app.include_router(router)

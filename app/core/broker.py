@@ -30,6 +30,11 @@ def make_celery(settings: Settings) -> Celery:
             "pipelines-sweep": {"task": "pipelines.sweep", "schedule": settings.sweep_seconds},
             "pipelines-schedules": {"task": "pipelines.tick_schedules", "schedule": 15.0},
             "monitoring-prune": {"task": "monitoring.prune", "schedule": 3600.0},
+            "monitoring-drift-schedules": {"task": "monitoring.tick_drift", "schedule": 60.0},
+            "monitoring-alerts": {
+                "task": "monitoring.evaluate_alerts",
+                "schedule": settings.alert_check_seconds,
+            },
             "deployments-rollouts": {
                 "task": "deployments.advance_rollouts",
                 "schedule": settings.rollout_check_seconds,

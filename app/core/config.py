@@ -49,12 +49,22 @@ class Settings(BaseSettings):
     rollout_check_seconds: float = Field(
         default=5, gt=0, description="How often beat checks running rollouts' guardrails."
     )
+    alert_check_seconds: float = Field(
+        default=30, gt=0, description="How often beat evaluates alert rules."
+    )
     prediction_log_days: int = Field(
         default=30, ge=1, le=3650, description="Days prediction logs and feedback are kept."
     )
     rollup_days: int = Field(
         default=400, ge=1, le=3650, description="Days per-minute serving rollups are kept."
     )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts or networks outbound webhooks may reach though private (JSON list).",
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_backoff_seconds: float = Field(default=30, gt=0, le=86400)
+    webhook_backoff_cap_seconds: float = Field(default=3600, gt=0, le=86400)
     pipeline_max_task_timeout: int = Field(
         default=3600, ge=1, description="Longest timeout a pipeline task may ask for (seconds)."
     )

@@ -1,19 +1,31 @@
 """Retention, run by beat: prediction logs, feedback and rollups older than their settings
 go, in batches so a large backlog never holds one long transaction."""
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
 from app.core.jobs import JobContext, job
 from app.deployments.models import Replica
-from app.monitoring.models import Feedback, PredictionLog, ServingRollup
+from app.monitoring import alerts, drift_reports
+from app.monitoring.models import (
+    AlertRule,
+    DriftReport,
+    Feedback,
+    PredictionLog,
+    ServingRollup,
+)
 
 PRUNE_JOB = "monitoring.prune"
+ALERTS_JOB = "monitoring.evaluate_alerts"
+DRIFT_TICK_JOB = "monitoring.tick_drift"
 BATCH = 10_000
 STALE_REPLICA_ROWS = timedelta(hours=1)
+logger = logging.getLogger(__name__)
 
 
 def _prune(ctx: JobContext, model: Any, column: str, older_than: timedelta) -> int:
@@ -38,3 +50,30 @@ def prune(ctx: JobContext) -> None:
     _prune(ctx, Feedback, "created_at", timedelta(days=settings.prediction_log_days))
     _prune(ctx, ServingRollup, "minute", timedelta(days=settings.rollup_days))
     _prune(ctx, Replica, "reported_at", STALE_REPLICA_ROWS)  # rows of gateways that died
+
+
+@job(ALERTS_JOB, max_retries=0, transactional=False)
+def evaluate_alerts(ctx: JobContext) -> None:
+    """Each rule in its own unit of work, so one failing query does not silence the others."""
+    with ctx.session_factory() as session:
+        ids = session.scalars(select(AlertRule.id).where(AlertRule.active.is_(True))).all()
+    for rule_id in ids:
+        try:
+            with ctx.transaction() as session:
+                rule = session.get(AlertRule, rule_id, with_for_update={"skip_locked": True})
+                if rule is not None:
+                    alerts.evaluate(session, rule)
+        except Exception:
+            logger.exception("alert rule %s could not be evaluated", rule_id)
+
+
+@job(drift_reports.DRIFT_JOB)
+def drift_report(session: Session, ctx: JobContext, report_id: int) -> None:
+    report = session.get(DriftReport, report_id, with_for_update=True)
+    if report is not None and report.status == "pending":
+        drift_reports.compute(session, report)
+
+
+@job(DRIFT_TICK_JOB, max_retries=0)
+def tick_drift(session: Session, ctx: JobContext) -> None:
+    drift_reports.due(session, utcnow())

@@ -1,7 +1,9 @@
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from app.core.pagination import Page
 
 
 class LatencySummary(BaseModel):
@@ -82,3 +84,149 @@ class Fairness(BaseModel):
     equalized_odds_difference: float | None
     four_fifths_rule_passed: bool | None
     verdict: str = Field(description="passed, failed or insufficient_data")
+
+
+class AlertRuleCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100, examples=["p99 over 200 ms"])
+    deployment: str = Field(max_length=63)
+    metric: Literal[
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "overhead_p99_ms",
+        "error_rate",
+        "request_rate",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "rmse",
+        "mae",
+        "r2",
+        "parity_ratio",
+        "parity_difference",
+        "dataset_drift",
+        "drifted_share",
+        "feature_drift",
+    ]
+    operator: Literal[">", ">=", "<", "<="]
+    threshold: float = Field(allow_inf_nan=False)
+    window: str = Field(default="5m", max_length=20, description="e.g. 5m, 1h, 7d")
+    for_seconds: int = Field(default=0, ge=0, le=86400 * 7, description="How long it must hold.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="variant; attribute/positive/min_group_size (fairness); feature "
+        "(feature_drift); min_samples (quality, default 30)",
+    )
+
+
+class AlertRuleUpdate(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
+    window: str | None = Field(default=None, max_length=20)
+    for_seconds: int | None = Field(default=None, ge=0, le=86400 * 7)
+    params: dict[str, Any] | None = None
+    active: bool | None = None
+
+
+class AlertRuleRead(BaseModel):
+    id: int
+    name: str
+    deployment: str
+    metric: str
+    operator: str
+    threshold: float
+    window: str
+    for_seconds: int
+    params: dict[str, Any]
+    active: bool
+    state: str = Field(description="ok, pending or firing")
+    pending_since: datetime | None
+    last_value: float | None
+    last_evaluated_at: datetime | None
+    created_by: str | None
+    created_at: datetime
+
+
+class AlertRulePage(Page[AlertRuleRead]):
+    pass
+
+
+class AlertRead(BaseModel):
+    id: int
+    rule_id: int
+    deployment: str
+    state: str = Field(description="firing or resolved")
+    value: float | None
+    threshold: float
+    message: str
+    started_at: datetime
+    resolved_at: datetime | None
+
+
+class AlertPage(Page[AlertRead]):
+    pass
+
+
+DriftMethod = Literal["ks", "chisquare", "psi", "jensenshannon", "wasserstein"]
+
+
+class DriftOptions(BaseModel):
+    share: float = Field(
+        default=0.5, gt=0, le=1, description="Dataset drift when at least this share drifts."
+    )
+    numeric_method: DriftMethod | None = Field(
+        default=None, description="Default: KS up to 1,000 values, normalized Wasserstein above."
+    )
+    categorical_method: DriftMethod | None = Field(
+        default=None, description="Default: chi-squared up to 1,000 values, Jensen-Shannon above."
+    )
+    methods: dict[str, DriftMethod] = Field(default_factory=dict, description="Per feature.")
+    thresholds: dict[DriftMethod, float] = Field(
+        default_factory=dict, description="Per method: p-value below, or distance at or above."
+    )
+    feature_thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class DriftReportCreate(DriftOptions):
+    window: str = Field(default="24h", max_length=20, description="The last window of traffic.")
+    variant: str | None = Field(default=None, description="Default: the main live variant.")
+
+
+class DriftReportRead(BaseModel):
+    id: int
+    deployment: str
+    variant: str | None
+    model_version_id: int
+    window_start: datetime
+    window_end: datetime
+    options: dict[str, Any]
+    status: str = Field(description="pending, ready or failed")
+    trigger: str
+    dataset_drifted: bool | None
+    drifted_share: float | None
+    result: dict[str, Any] | None = Field(
+        description="Per feature: method, statistic, p_value, threshold, drifted, and both "
+        "histograms (bins, reference_counts, current_counts); plus `prediction`."
+    )
+    error: str | None
+    created_by: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class DriftReportPage(Page[DriftReportRead]):
+    pass
+
+
+class DriftScheduleWrite(DriftOptions):
+    cron: str = Field(max_length=100, examples=["0 * * * *"])
+    window: str = Field(default="24h", max_length=20)
+
+
+class DriftScheduleRead(BaseModel):
+    cron: str
+    window: str
+    options: dict[str, Any]
+    next_run_at: datetime

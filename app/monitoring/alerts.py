@@ -1,0 +1,253 @@
+"""Alert rules on a deployment's metrics, evaluated by beat.
+
+A rule's condition must hold for `for_seconds` before it fires (pending in between); while it
+keeps holding nothing more is sent — one alert, one `alert.fired` event — and when it stops
+holding the alert resolves once (`alert.resolved`). No data is not a breach."""
+
+import operator
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth.service import Principal
+from app.core.db import utcnow
+from app.core.durations import parse_duration
+from app.core.errors import NotFound, Unprocessable
+from app.core.pagination import PageParams, keyset_page
+from app.deployments import service as deployments
+from app.deployments.models import Deployment
+from app.events import service as events
+from app.monitoring import service
+from app.monitoring.metrics import endpoint_metrics
+from app.monitoring.models import Alert, AlertRule, DriftReport
+from app.monitoring.schemas import AlertRuleCreate, AlertRuleUpdate
+from app.monitoring.windows import Window
+
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+LATENCY = {"latency_p50_ms": "p50", "latency_p95_ms": "p95", "latency_p99_ms": "p99"}
+QUALITY = ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "mae", "r2")
+FAIRNESS = {
+    "parity_ratio": "demographic_parity_ratio",
+    "parity_difference": "demographic_parity_difference",
+}
+SERVING = (*LATENCY, "overhead_p99_ms", "error_rate", "request_rate")
+
+
+def validate(metric: str, params: dict[str, Any], window: str) -> None:
+    parse_duration(window, "window")
+    if metric in FAIRNESS and not params.get("attribute"):
+        raise Unprocessable(f"{metric} needs params.attribute: the input column that groups")
+    if metric == "feature_drift" and not params.get("feature"):
+        raise Unprocessable("feature_drift needs params.feature: the feature to watch")
+
+
+def create(session: Session, data: AlertRuleCreate, *, by: Principal) -> AlertRule:
+    deployment = deployments.get_or_raise(session, data.deployment)
+    validate(data.metric, data.params, data.window)
+    rule = AlertRule(
+        name=data.name,
+        deployment_id=deployment.id,
+        metric=data.metric,
+        operator=data.operator,
+        threshold=data.threshold,
+        window=data.window,
+        for_seconds=data.for_seconds,
+        params=data.params,
+        created_by=by.name,
+    )
+    session.add(rule)
+    session.flush()
+    return rule
+
+
+def get_or_raise(session: Session, rule_id: int) -> AlertRule:
+    rule = session.get(AlertRule, rule_id)
+    if rule is None:
+        raise NotFound(f"alert rule {rule_id} does not exist")
+    return rule
+
+
+def update(session: Session, rule_id: int, data: AlertRuleUpdate) -> AlertRule:
+    rule = get_or_raise(session, rule_id)
+    for field in data.model_fields_set:
+        setattr(rule, field, getattr(data, field))
+    validate(rule.metric, rule.params, rule.window)
+    session.flush()
+    return rule
+
+
+def list_rules(session: Session, page: PageParams) -> tuple[Sequence[AlertRule], str | None]:
+    return keyset_page(session, select(AlertRule), AlertRule.id, page)
+
+
+def list_alerts(
+    session: Session, page: PageParams, state: str | None, deployment: str | None
+) -> tuple[Sequence[Alert], str | None]:
+    stmt = select(Alert)
+    if state is not None:
+        stmt = stmt.where(Alert.state == state)
+    if deployment is not None:
+        stmt = stmt.where(Alert.deployment == deployment)
+    return keyset_page(session, stmt, Alert.id, page)
+
+
+def measure(
+    session: Session, deployment: Deployment, rule: AlertRule, now: datetime
+) -> float | None:
+    """The rule's metric over its window; None when there is nothing to judge."""
+    width = parse_duration(rule.window, "window")
+    if rule.metric in QUALITY:
+        return _quality(session, deployment, rule, Window(now - width, now, width))
+    if rule.metric in FAIRNESS:
+        return _fairness(session, deployment, rule, Window(now - width, now, width))
+    if rule.metric in SERVING:
+        step = max(width, timedelta(minutes=1))
+        return _serving(session, deployment, rule, Window(now - width, now, step))
+    return _drift(session, deployment, rule, now - width)
+
+
+def _serving(
+    session: Session, deployment: Deployment, rule: AlertRule, span: Window
+) -> float | None:
+    series = endpoint_metrics(session, deployment.name, span, rule.params.get("variant")).series
+    points = [p for s in series for p in s.points]
+    calls = sum(p.invocations for p in points)
+    if not calls:
+        return None
+    if rule.metric == "request_rate":
+        return calls / (span.end - span.start).total_seconds()
+    if rule.metric == "error_rate":
+        return sum(p.errors_5xx for p in points) / calls
+    summaries = [p.overhead_ms if rule.metric == "overhead_p99_ms" else p.total_ms for p in points]
+    values = [getattr(s, LATENCY.get(rule.metric, "p99")) for s in summaries]
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _quality(
+    session: Session, deployment: Deployment, rule: AlertRule, span: Window
+) -> float | None:
+    points = service.performance(session, deployment.name, span, rule.params.get("variant")).points
+    scored = [(p.metrics.get(rule.metric), p.labelled) for p in points]
+    weighted = [(float(v), n) for v, n in scored if v is not None]
+    total = sum(n for _, n in weighted)
+    if total < int(rule.params.get("min_samples", 30)):
+        return None
+    return sum(v * n for v, n in weighted) / total
+
+
+def _fairness(
+    session: Session, deployment: Deployment, rule: AlertRule, span: Window
+) -> float | None:
+    result = service.fairness(
+        session,
+        deployment.name,
+        span,
+        rule.params["attribute"],
+        rule.params.get("positive"),
+        int(rule.params.get("min_group_size", 30)),
+        rule.params.get("variant"),
+    )
+    value = getattr(result, FAIRNESS[rule.metric])
+    return None if value is None else float(value)
+
+
+def _drift(
+    session: Session, deployment: Deployment, rule: AlertRule, since: datetime
+) -> float | None:
+    """From the latest finished drift report inside the window."""
+    report = session.scalar(
+        select(DriftReport)
+        .where(
+            DriftReport.deployment_id == deployment.id,
+            DriftReport.status == "ready",
+            DriftReport.finished_at >= since,
+        )
+        .order_by(DriftReport.id.desc())
+        .limit(1)
+    )
+    if report is None or report.result is None:
+        return None
+    if rule.metric == "dataset_drift":
+        return 1.0 if report.dataset_drifted else 0.0
+    if rule.metric == "drifted_share":
+        return report.drifted_share
+    feature = report.result.get("features", {}).get(rule.params["feature"])
+    return None if feature is None else float(bool(feature.get("drifted")))
+
+
+def evaluate(session: Session, rule: AlertRule, now: datetime | None = None) -> None:
+    now = now or utcnow()
+    deployment = session.get(Deployment, rule.deployment_id)
+    if deployment is None:
+        return
+    value = measure(session, deployment, rule, now)
+    holds = value is not None and OPERATORS[rule.operator](value, rule.threshold)
+    rule.last_value, rule.last_evaluated_at = value, now
+    if holds:
+        if rule.state == "ok":
+            rule.state, rule.pending_since = "pending", now
+        if (
+            rule.state == "pending"
+            and rule.pending_since is not None
+            and (now - rule.pending_since).total_seconds() >= rule.for_seconds
+        ):
+            _fire(session, deployment, rule, value, now)
+        return
+    if rule.state == "firing":
+        _resolve(session, deployment, rule, value, now)
+    rule.state, rule.pending_since = "ok", None
+
+
+def _fire(
+    session: Session, deployment: Deployment, rule: AlertRule, value: float | None, now: datetime
+) -> None:
+    rule.state = "firing"
+    message = (
+        f"{rule.name}: {rule.metric} = {value:.4g} {rule.operator} {rule.threshold:g} "
+        f"on {deployment.name} (window {rule.window}, held {rule.for_seconds}s)"
+    )
+    alert = Alert(
+        rule_id=rule.id,
+        deployment=deployment.name,
+        state="firing",
+        value=value,
+        threshold=rule.threshold,
+        message=message,
+        started_at=now,
+    )
+    session.add(alert)
+    session.flush()
+    events.record(session, "alert.fired", f"deployment:{deployment.name}", _payload(rule, alert))
+
+
+def _resolve(
+    session: Session, deployment: Deployment, rule: AlertRule, value: float | None, now: datetime
+) -> None:
+    for alert in session.scalars(
+        select(Alert).where(Alert.rule_id == rule.id, Alert.state == "firing")
+    ):
+        alert.state, alert.resolved_at = "resolved", now
+        payload = _payload(rule, alert) | {"value": value}
+        events.record(session, "alert.resolved", f"deployment:{deployment.name}", payload)
+
+
+def _payload(rule: AlertRule, alert: Alert) -> dict[str, Any]:
+    return {
+        "alert": alert.id,
+        "rule": rule.id,
+        "name": rule.name,
+        "deployment": alert.deployment,
+        "metric": rule.metric,
+        "value": alert.value,
+        "threshold": rule.threshold,
+        "message": alert.message,
+    }

@@ -1,0 +1,137 @@
+"""Alert rules: pending, firing once, resolving once, on serving, quality and fairness."""
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.db import unit_of_work, utcnow
+from app.core.jobs import run_job
+from app.events.models import Event
+from app.monitoring import alerts
+from app.monitoring.jobs import ALERTS_JOB
+from app.monitoring.models import AlertRule
+from tests.conftest import InlineJobs
+from tests.deployments import traffic
+
+
+@pytest.fixture
+def deployed(api: TestClient, versions: None) -> None:
+    body = {"name": "churn", "variants": [{"name": "blue", "model": "churn/1"}]}
+    assert api.post("/api/v1/deployments", json=body).status_code == 201
+
+
+def rule(api: TestClient, **overrides: Any) -> dict[str, Any]:
+    body = {
+        "name": "errors",
+        "deployment": "churn",
+        "metric": "error_rate",
+        "operator": ">",
+        "threshold": 0.05,
+        "window": "5m",
+    } | overrides
+    created = api.post("/api/v1/alert-rules", json=body)
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+def evaluate(session_factory: sessionmaker[Session], rule_id: int, after: timedelta) -> None:
+    with unit_of_work(session_factory) as session:
+        found = session.get(AlertRule, rule_id)
+        assert found is not None
+        alerts.evaluate(session, found, now=utcnow() + after)
+
+
+def fired(session_factory: sessionmaker[Session]) -> list[str]:
+    with session_factory() as session:
+        return list(
+            session.scalars(
+                select(Event.type).where(Event.type.like("alert.%")).order_by(Event.id)
+            ).all()
+        )
+
+
+def test_fires_once_while_it_holds_and_resolves_once(
+    api: TestClient,
+    deployed: None,
+    jobs: InlineJobs,
+    session_factory: sessionmaker[Session],
+) -> None:
+    created = rule(api)
+    traffic.record(session_factory, "churn", "blue", 40, errors=4)  # 10% 5xx
+    run_job(jobs.ctx, ALERTS_JOB, {})
+    run_job(jobs.ctx, ALERTS_JOB, {})  # still true: no second alert
+    [alert] = api.get("/api/v1/alerts", params={"state": "firing"}).json()["items"]
+    assert alert["value"] == pytest.approx(0.1) and "error_rate" in alert["message"]
+    assert api.get(f"/api/v1/alert-rules/{created['id']}").json()["state"] == "firing"
+    assert fired(session_factory) == ["alert.fired"]
+    evaluate(session_factory, created["id"], timedelta(minutes=10))  # the window moved on
+    assert api.get("/api/v1/alerts", params={"state": "firing"}).json()["items"] == []
+    [resolved] = api.get("/api/v1/alerts", params={"state": "resolved"}).json()["items"]
+    assert resolved["resolved_at"] is not None
+    assert fired(session_factory) == ["alert.fired", "alert.resolved"]
+
+
+def test_a_condition_must_hold_for_its_duration(
+    api: TestClient, deployed: None, session_factory: sessionmaker[Session]
+) -> None:
+    created = rule(api, metric="latency_p99_ms", threshold=50, for_seconds=60, window="10m")
+    traffic.record(session_factory, "churn", "blue", 20, latency_ms=120.0)
+    evaluate(session_factory, created["id"], timedelta(0))
+    state = api.get(f"/api/v1/alert-rules/{created['id']}").json()
+    assert state["state"] == "pending" and state["last_value"] > 100
+    assert api.get("/api/v1/alerts").json()["items"] == []
+    evaluate(session_factory, created["id"], timedelta(seconds=61))
+    assert api.get(f"/api/v1/alert-rules/{created['id']}").json()["state"] == "firing"
+
+
+def test_quality_and_fairness_rules(
+    api: TestClient, deployed: None, session_factory: sessionmaker[Session]
+) -> None:
+    ids = traffic.record(session_factory, "churn", "blue", 40, predictions=[1])
+    items = [{"request_id": i, "label": 1 if n % 4 else 0} for n, i in enumerate(ids)]
+    api.post("/api/v1/deployments/churn/feedback", json={"items": items})
+    quality = rule(api, name="acc", metric="accuracy", operator="<", threshold=0.8, window="1h")
+    fair = rule(
+        api,
+        name="parity",
+        metric="parity_ratio",
+        operator="<",
+        threshold=0.8,
+        window="1h",
+        params={"attribute": "age", "min_group_size": 10},
+    )
+    evaluate(session_factory, quality["id"], timedelta(0))
+    evaluate(session_factory, fair["id"], timedelta(0))
+    assert api.get(f"/api/v1/alert-rules/{quality['id']}").json()["last_value"] == 0.75
+    assert api.get(f"/api/v1/alert-rules/{quality['id']}").json()["state"] == "firing"
+    # one group only (every logged row has age 30): no parity verdict, so no alert
+    parity = api.get(f"/api/v1/alert-rules/{fair['id']}").json()
+    assert parity["last_value"] is None and parity["state"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "fragment"),
+    [
+        ({"metric": "parity_ratio"}, 422, "attribute"),
+        ({"metric": "feature_drift"}, 422, "feature"),
+        ({"window": "forever"}, 422, "duration"),
+        ({"deployment": "nope"}, 404, "nope"),
+        ({"operator": "!="}, 422, "operator"),
+    ],
+)
+def test_bad_rules_are_refused(
+    api: TestClient, deployed: None, overrides: dict[str, Any], status: int, fragment: str
+) -> None:
+    body = {
+        "name": "x",
+        "deployment": "churn",
+        "metric": "error_rate",
+        "operator": ">",
+        "threshold": 0.1,
+    } | overrides
+    answer = api.post("/api/v1/alert-rules", json=body)
+    assert answer.status_code == status and fragment in answer.text
