@@ -92,6 +92,7 @@ def _start_gateway_thread(settings: Settings) -> tuple[uvicorn.Server, threading
         host=settings.host,
         port=settings.gateway_port,
         log_level="warning",
+        access_log=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
@@ -127,7 +128,13 @@ def gateway(host: HostOption = None, port: PortOption = None) -> None:
 
     settings = _settings(host, port)
     gateway_port = port or settings.gateway_port
-    uvicorn.run(create_gateway(settings), host=settings.host, port=gateway_port, log_level="info")
+    uvicorn.run(
+        create_gateway(settings),
+        host=settings.host,
+        port=gateway_port,
+        log_level="info",
+        access_log=False,  # a line per prediction costs more than the routing; metrics count
+    )
 
 
 @db_cli.command("upgrade")

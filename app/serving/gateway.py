@@ -9,6 +9,7 @@ requests. What happens is measured (`app.serving.telemetry`) and written off the
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -43,6 +44,7 @@ from app.serving.telemetry import Observation, Telemetry, write
 
 logger = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
+JSON_HEADERS = {"content-type": "application/json"}
 FLUSH_SECONDS = 1.0
 
 
@@ -82,7 +84,9 @@ class Gateway:
         self.session_factory = session_factory
         self.served: dict[str, Served] = {}
         self.rng = random.Random()  # noqa: S311 - traffic splitting, not security
-        self.http = httpx.AsyncClient(timeout=30)
+        # keep-alive connections to replicas for every request in flight, not httpx's 20
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
+        self.http = httpx.AsyncClient(timeout=30, limits=limits)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.telemetry = Telemetry(self.id)
         self.background: set[asyncio.Task[None]] = set()
@@ -338,11 +342,17 @@ class Gateway:
             lane.waiting -= 1
 
     async def forward(
-        self, served: Served, lane: Lane, payload: Any, path: str = "/predict"
+        self,
+        served: Served,
+        lane: Lane,
+        payload: Any,
+        path: str = "/predict",
+        raw: bytes | None = None,
     ) -> Answer:
         """Predictions are idempotent, so a request whose replica dies under it is retried
         once on another (or a freshly started) replica."""
         lane.requests += 1
+        content = raw if raw is not None else json.dumps(payload).encode()  # as received
         if not lane.replicas and not lane.retired:  # scaled to zero: wait for a cold start
             await self.start_replica(served, lane)
         for attempt in (1, 2):
@@ -353,7 +363,7 @@ class Gateway:
             replica.in_flight += 1
             try:
                 url = f"http://127.0.0.1:{replica.port}{path}"
-                response = await self.http.post(url, json=payload)
+                response = await self.http.post(url, content=content, headers=JSON_HEADERS)
             except httpx.TransportError:
                 self._drop(served, lane, replica)
                 if attempt == 1:
@@ -381,10 +391,12 @@ class Gateway:
         if process is not None and process.poll() is None:
             process.kill()
 
-    async def mirror(self, served: Served, lane: Lane, payload: Any, request_id: str) -> None:
+    async def mirror(
+        self, served: Served, lane: Lane, payload: Any, request_id: str, raw: bytes | None
+    ) -> None:
         """A shadow copy: answered and recorded, never returned."""
         started = time.perf_counter()
-        answer = await self.forward(served, lane, payload)
+        answer = await self.forward(served, lane, payload, raw=raw)
         self._observe(served, lane, request_id, answer, started, payload, shadow=True)
 
     def _observe(
@@ -538,7 +550,8 @@ async def _serve(
         message = f"deployment {deployment!r} is not served here"
         return _error(404, "not_found", message, request_id)
     try:
-        payload = await request.json()
+        raw = await request.body()
+        payload = json.loads(raw)
     except ValueError:
         return _error(400, "invalid_json", "the body is not valid JSON", request_id)
     lane = choose(deployment, served.lanes, _unit(served, request, payload), gateway.rng)
@@ -562,10 +575,11 @@ async def _serve(
             status_code=answer.status,
             headers=headers,
         )
+    wire = raw if protocol == "flywheel" else None  # forwarded as received, not re-encoded
     for other in served.lanes:
         if other is not lane and (other.mode == "shadow" or other.mirror):
-            gateway.spawn(gateway.mirror(served, other, payload, request_id))
-    answer = await gateway.forward(served, lane, payload)
+            gateway.spawn(gateway.mirror(served, other, payload, request_id, wire))
+    answer = await gateway.forward(served, lane, payload, raw=wire)
     gateway._observe(served, lane, request_id, answer, started, payload)
     if answer.status != 200:
         return JSONResponse(answer.body, status_code=answer.status, headers=headers)
