@@ -423,7 +423,8 @@ def start_mlflow(scratch: Path, csv: Path, stack: ExitStack) -> tuple[str, Serve
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"  # it execs `uvicorn`
-    args = [str(python.parent / "mlflow"), "models", "serve", "-m", str(model_dir)]
+    # `python -m mlflow`, not bin/mlflow: a moved venv keeps working (scripts pin a path)
+    args = [str(python), "-m", "mlflow", "models", "serve", "-m", str(model_dir)]
     args += ["-h", "127.0.0.1", "-p", str(port), "--env-manager", "local", "-w", "1"]
     server = Server("mlflow", args, env, scratch / "mlflow.log")
     stack.callback(server.stop)

@@ -119,7 +119,9 @@ def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
             else [None] * len(rows)
             for c in inputs
         }
-    names = [c["name"] for c in inputs]
+    # plain object labels: models check feature names on every call, and iterating pandas 3's
+    # Arrow-backed string index costs more than the prediction itself
+    names = pd.Index([c["name"] for c in inputs], dtype=object)
     arrays = [_array(values[c["name"]], c["type"]) for c in inputs]
     if all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in arrays):
         return pd.DataFrame(np.column_stack(arrays), columns=names)  # one block: fastest
@@ -146,11 +148,38 @@ def _plain(values: np.ndarray) -> list[Any]:
     return [v.item() if hasattr(v, "item") else v for v in values.tolist()]
 
 
+# Classifiers whose predict() is the argmax of predict_proba(): one call answers both.
+_ARGMAX_CLASSIFIERS = frozenset(
+    {
+        "LogisticRegression",
+        "DecisionTreeClassifier",
+        "ExtraTreeClassifier",
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+        "GradientBoostingClassifier",
+        "HistGradientBoostingClassifier",
+        "GaussianNB",
+    }
+)
+
+
+def _final_step(model: Any) -> Any:
+    steps = getattr(model, "steps", None)
+    return _final_step(steps[-1][1]) if steps else model
+
+
 def predict(model: Any, frame: pd.DataFrame, signature: dict[str, Any]) -> dict[str, Any]:
     output = signature.get("output", {})
-    result: dict[str, Any] = {"predictions": _plain(np.asarray(model.predict(frame)))}
     if output.get("kind") == "classification" and hasattr(model, "predict_proba"):
         probabilities = np.asarray(model.predict_proba(frame), dtype=float)
-        result["probabilities"] = probabilities.round(10).tolist()
-        result["classes"] = _plain(np.asarray(model.classes_))
-    return result
+        classes = np.asarray(model.classes_)
+        if type(_final_step(model)).__name__ in _ARGMAX_CLASSIFIERS:
+            predictions = classes[np.argmax(probabilities, axis=1)]
+        else:
+            predictions = np.asarray(model.predict(frame))
+        return {
+            "predictions": _plain(predictions),
+            "probabilities": probabilities.round(10).tolist(),
+            "classes": _plain(classes),
+        }
+    return {"predictions": _plain(np.asarray(model.predict(frame)))}

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -61,3 +62,27 @@ def test_bad_input_names_the_problem(payload: object, fragment: str) -> None:
         with pytest.raises(InputError) as caught:
             check(payload, SIGNATURE)
         assert fragment in caught.value.message
+
+
+def test_one_probability_call_gives_the_same_predictions_as_predict() -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from app.ml.serving_contract import predict
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(300, 4)), columns=list("abcd"))
+    labels = np.where(frame["a"] + rng.normal(0, 1, 300) > 0, "yes", "no")
+    signature = {"output": {"kind": "classification"}}
+    for model in (
+        make_pipeline(StandardScaler(), LogisticRegression()),
+        HistGradientBoostingClassifier(max_iter=20),
+        SVC(probability=True, random_state=0),  # its predict is not the argmax: asked apart
+    ):
+        model.fit(frame, labels)
+        result = predict(model, frame, signature)
+        assert result["predictions"] == model.predict(frame).tolist()
+        assert result["classes"] == ["no", "yes"] and len(result["probabilities"]) == 300
