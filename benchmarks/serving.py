@@ -72,6 +72,8 @@ LEVELS = (1, 8, 32)
 # Targets, all at concurrency 32 where a concurrency applies.
 VS_BARE_TARGET, VS_MLFLOW_TARGET, P99_TARGET_MS = 0.5, 1.5, 30.0
 OVERHEAD_TARGET_MS, COLD_START_TARGET_S, SCALE_UP_TARGET_S = 1.0, 2.0, 15.0
+LOGGING_COST_TARGET = 0.10  # prediction logging may cost at most this share of throughput
+NO_LOGGING = "gateway, 1 replica, no logging"
 STEP_BASELINE_S = 5.0  # concurrency 1 before the step to 32
 OVERHEAD_WARMUP = 100  # requests not counted in the overhead measurement
 JSON = {"Content-Type": "application/json"}
@@ -285,8 +287,14 @@ def expect(response: httpx.Response, status: int = 200) -> Any:
     return response.json()
 
 
-def deploy(api: TestClient, name: str, autoscaling: dict[str, Any]) -> None:
-    body = {"name": name, "variants": [{"name": "main", "model": f"{MODEL}/1"}]}
+def deploy(
+    api: TestClient, name: str, autoscaling: dict[str, Any], log_sample_rate: float = 1.0
+) -> None:
+    body = {
+        "name": name,
+        "variants": [{"name": "main", "model": f"{MODEL}/1"}],
+        "log_sample_rate": log_sample_rate,
+    }
     expect(api.post("/api/v1/deployments", json=body | {"autoscaling": autoscaling}), 201)
 
 
@@ -790,6 +798,16 @@ def verdicts(
             f"<= {P99_TARGET_MS:g} ms",
             gw["p99_ms"] <= P99_TARGET_MS,
         )
+    for level in sorted({r["concurrency"] for r in rows}):
+        logged, quiet = at.get(("gateway, 1 replica", level)), at.get((NO_LOGGING, level))
+        if logged and quiet and quiet["rps"]:
+            cost = round(1 - logged["rps"] / quiet["rps"], 3)
+            add(
+                f"prediction logging: throughput lost, c={level}",
+                cost,
+                f"<= {LOGGING_COST_TARGET:.0%}",
+                cost <= LOGGING_COST_TARGET,
+            )
     value = over["overhead_p50_ms"]
     add(
         "overhead p50 ms (gateway total - model_latency_ms)",
@@ -934,8 +952,11 @@ def main() -> None:
         gateway, gw_server = stack.enter_context(gateway_process(scratch, url))
         deploy(api, "lr1", {"min_replicas": 1, "max_replicas": 1})
         deploy(api, "lr2", {"min_replicas": 2, "max_replicas": 2})
+        # the same as lr1 without prediction logging: what logging costs on the request path
+        deploy(api, "lr1q", {"min_replicas": 1, "max_replicas": 1}, log_sample_rate=0.0)
         lane1 = wait_replicas(gateway, "lr1", 1)
         wait_replicas(gateway, "lr2", 2)
+        wait_replicas(gateway, "lr1q", 1)
         print(f"gateway at {gateway} (pid {gw_server.pid}); lr1: 1 replica, lr2: 2 replicas ready")
 
         bare_url, bare = start_bare(scratch / "model.skops", scratch, stack)
@@ -947,6 +968,7 @@ def main() -> None:
             ("bare uvicorn", bare, f"{bare_url}/predict", plain),
             ("gateway, 1 replica", gw_server, f"{gateway}/serve/lr1/predict", plain),
             ("gateway, 2 replicas", gw_server, f"{gateway}/serve/lr2/predict", plain),
+            (NO_LOGGING, gw_server, f"{gateway}/serve/lr1q/predict", plain),
         ]
         for name, _, target, _ in systems:  # the same answer everywhere before timing anything
             got = expect(httpx.post(target, content=body, headers=JSON))["probabilities"][0]
