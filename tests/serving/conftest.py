@@ -37,7 +37,12 @@ def stack(
     with context as url:
         upgrade(url)
         settings = Settings(
-            home=tmp_path / "home", database_url=url, artifact_root=tmp_path / "artifacts"
+            home=tmp_path / "home",
+            database_url=url,
+            artifact_root=tmp_path / "artifacts",
+            secret_key="serving-tests",
+            webhook_allowed_hosts=["127.0.0.1"],  # the tests' webhook receiver runs here
+            webhook_backoff_seconds=0.05,
         )
         monkeypatch.setenv("FLYWHEEL_DATABASE_URL", url)  # replicas read these
         monkeypatch.setenv("FLYWHEEL_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
@@ -86,6 +91,8 @@ def stack(
                 "api": api,
                 "jobs": jobs,
                 "factory": factory,
+                "registry": registry,
+                "dataset": dataset,
             }
         engine.dispose()
 

@@ -164,13 +164,14 @@ def test_a_canary_that_raises_is_rolled_back_by_itself(stack: dict[str, Any]) ->
     del factory
 
 
-def test_a_healthy_canary_walks_its_steps_with_mirrored_comparison(
+def test_a_healthy_production_canary_walks_its_steps_with_mirrored_comparison(
     stack: dict[str, Any],
 ) -> None:
     base, api, frame = stack["base"], stack["api"], stack["frame"]
     create(
         stack,
         "steady",
+        environment="production",  # the admin token carries the deployer role it needs
         rollout={
             "strategy": "linear",
             "linear_steps": [20, 60],

@@ -10,29 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from tests.conftest import InlineJobs
 from tests.live import live_server
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.answers: list[tuple[int, dict[str, str]]] = []
-        self.received: list[dict[str, Any]] = []
-        app = FastAPI()
-
-        @app.post("/hook")
-        async def hook(request: Request) -> Response:
-            self.received.append(
-                {"headers": dict(request.headers), "body": await request.body(), "at": time.time()}
-            )
-            status, headers = self.answers.pop(0) if self.answers else (204, {})
-            return Response(status_code=status, headers=headers)
-
-        self.app = app
+from tests.subscriptions.receiver import Receiver
 
 
 @pytest.fixture
