@@ -35,9 +35,10 @@ test: lint typecheck pytest
 
 # The suite on an embedded SQLite database, as on a laptop without Postgres. The slow
 # end-to-end tests are left out here: they start their own processes (embedded mode already
-# runs on SQLite, the production-shaped ones need Postgres) and run in `make test`.
+# runs on SQLite, the production-shaped ones need Postgres) and run in `make test`; so are
+# the pure tests of app/ml, which touch no database and already ran.
 test-sqlite: $(VENV)/.dev-installed
-	FLYWHEEL_TEST_SQLITE=1 FLYWHEEL_TEST_DATABASE_URL= $(BIN)/pytest -m "not slow"
+	FLYWHEEL_TEST_SQLITE=1 FLYWHEEL_TEST_DATABASE_URL= $(BIN)/pytest -m "not slow" --ignore=tests/ml
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/tracking.py
