@@ -5,7 +5,7 @@ or the embedded mode runs exactly the same function with the same transaction ru
 """
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,25 @@ class JobContext:
 
 
 Handler = Callable[..., None]
+
+
+def each_locked(
+    ctx: JobContext,
+    model: Any,
+    ids: Sequence[int],
+    action: Callable[[Session, Any], None],
+    what: str,
+) -> None:
+    """One unit of work per row, locked (rows another worker holds are skipped), so one
+    that fails is logged and does not hold the others back."""
+    for row_id in ids:
+        try:
+            with ctx.transaction() as session:
+                row = session.get(model, row_id, with_for_update={"skip_locked": True})
+                if row is not None:
+                    action(session, row)
+        except Exception:
+            logger.exception("%s %s failed", what, row_id)
 
 
 @dataclass(frozen=True)

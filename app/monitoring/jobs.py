@@ -1,7 +1,6 @@
 """Retention, run by beat: prediction logs, feedback and rollups older than their settings
 go, in batches so a large backlog never holds one long transaction."""
 
-import logging
 from datetime import timedelta
 from typing import Any
 
@@ -9,7 +8,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.core.jobs import JobContext, job
+from app.core.jobs import JobContext, each_locked, job
 from app.deployments.models import Replica
 from app.monitoring import alerts, drift_reports
 from app.monitoring.models import (
@@ -25,7 +24,6 @@ ALERTS_JOB = "monitoring.evaluate_alerts"
 DRIFT_TICK_JOB = "monitoring.tick_drift"
 BATCH = 10_000
 STALE_REPLICA_ROWS = timedelta(hours=1)
-logger = logging.getLogger(__name__)
 
 
 def _prune(ctx: JobContext, model: Any, column: str, older_than: timedelta) -> int:
@@ -57,14 +55,7 @@ def evaluate_alerts(ctx: JobContext) -> None:
     """Each rule in its own unit of work, so one failing query does not silence the others."""
     with ctx.session_factory() as session:
         ids = session.scalars(select(AlertRule.id).where(AlertRule.active.is_(True))).all()
-    for rule_id in ids:
-        try:
-            with ctx.transaction() as session:
-                rule = session.get(AlertRule, rule_id, with_for_update={"skip_locked": True})
-                if rule is not None:
-                    alerts.evaluate(session, rule)
-        except Exception:
-            logger.exception("alert rule %s could not be evaluated", rule_id)
+    each_locked(ctx, AlertRule, ids, alerts.evaluate, "evaluating alert rule")
 
 
 @job(drift_reports.DRIFT_JOB)
