@@ -1,4 +1,4 @@
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 
@@ -72,13 +72,16 @@ def request_model_version_importance(
     name: str,
     version: str,
     body: ImportanceRequest,
+    request: Request,
     response: Response,
     session: DbSession,
     principal: Editor,
 ) -> ImportanceRead:
     """Global importance (mean |SHAP| over a sample of the reference data) as a job: 202 with
     the job's resource, or 200 with the cached result for the same version, data and size."""
-    result = service.request_importance(session, name, version, body, by=principal)
+    result = service.request_importance(
+        session, name, version, body, by=principal, store=_store(request)
+    )
     if result.cached:
         response.status_code = status.HTTP_200_OK
     return result
@@ -91,9 +94,10 @@ def get_model_version_importance(
     session: DbSession,
     _: Viewer,
     sample_rows: Annotated[int | None, Query(ge=1)] = None,
+    source: Literal["reference", "production"] | None = None,
 ) -> ImportanceRead:
     """The newest ready global importance (or the pending job), with sample size and time."""
-    return service.get_importance(session, name, version, sample_rows)
+    return service.get_importance(session, name, version, sample_rows, source)
 
 
 @router.get("/importance/plot", response_class=Response, responses=IMAGE)
@@ -116,12 +120,17 @@ def get_attribution_drift(
     version: str,
     session: DbSession,
     _: Viewer,
-    baseline: Annotated[str, Query(description="The version to compare with (number/alias).")],
+    baseline: Annotated[
+        str | None, Query(description="The version to compare with (number/alias).")
+    ] = None,
+    against: Literal["versions", "production"] = "versions",
     k: Annotated[int | None, Query(ge=1, description="Compare the top k features.")] = None,
     threshold: Annotated[float, Query(gt=0, le=1)] = 0.9,
 ) -> AttributionDriftRead:
     """Has the ranking of features by importance changed? nDCG@k of this version's ranking
-    against the baseline's; `drifted` when it falls below the threshold."""
+    against the baseline version's, or against itself on reference data
+    (`against=production`, its latest production-window importance); `drifted` when it falls
+    below the threshold."""
     return service.attribution_drift(
-        session, name, version, baseline=baseline, k=k, threshold=threshold
+        session, name, version, baseline=baseline, k=k, threshold=threshold, against=against
     )

@@ -86,6 +86,13 @@ class ImportanceRequest(BaseModel):
     )
     max_evals: int | None = Field(default=None, ge=1, le=100_000)
     refresh: bool = Field(default=False, description="Compute again even if cached.")
+    deployment: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Explain this deployment's logged production inputs (the version must "
+        "serve in it) instead of the reference data.",
+    )
+    window: str = Field(default="24h", max_length=20, description="With `deployment`: e.g. 24h.")
 
 
 class FeatureImportanceItem(BaseModel):
@@ -131,6 +138,11 @@ class AttributionDriftRead(BaseModel):
     model: str
     version: int = Field(description="The candidate version.")
     baseline_version: int
+    comparison: str = Field(
+        default="versions",
+        description="versions (this version vs the baseline's, on reference data) or "
+        "production (this version on its production window vs on its reference data)",
+    )
     ndcg: float = Field(description="1.0: same ranking of features; lower: reordered.")
     k: int | None
     threshold: float

@@ -21,9 +21,13 @@ from sqlalchemy.orm import Session
 from app.auth.service import Principal
 from app.core.artifacts import ArtifactStore
 from app.core.db import utcnow
+from app.core.durations import parse_duration
 from app.core.errors import AppError, Conflict, NotFound, Unprocessable
 from app.core.outbox import enqueue
-from app.datasets.models import DatasetVersion
+from app.datasets import service as datasets
+from app.datasets.models import Dataset, DatasetVersion
+from app.datasets.schemas import DatasetCreate
+from app.deployments import service as deployments
 from app.explain import plots
 from app.explain.models import FeatureImportance, ImportanceStatus
 from app.explain.schemas import (
@@ -41,6 +45,8 @@ from app.ml import explain as shapley
 from app.ml.model_files import ModelFileError, load_model
 from app.ml.serving_contract import InputError, frame_from_payload
 from app.ml.tabular import TableFormatError, read_table
+from app.monitoring.models import PredictionLog
+from app.monitoring.service import logged_rows
 from app.registry import service as registry
 from app.registry.models import ModelVersion, RegisteredModel, VersionStatus
 
@@ -288,16 +294,77 @@ def waterfall_plot(
 # -- global importance ------------------------------------------------------------------------
 
 
+def production_sample(
+    session: Session,
+    store: ArtifactStore,
+    version: ModelVersion,
+    deployment: str,
+    window: str,
+    rows: int,
+) -> DatasetVersion:
+    """The latest logged inputs this version answered in a deployment, materialized as an
+    immutable dataset version (`<deployment>-production`), so the importance computed on
+    them is cached and traced by its digest like any other data."""
+    served = deployments.get_or_raise(session, deployment)
+    if not any(v.model_version_id == version.id for v in served.variants):
+        raise Unprocessable(
+            f"deployment {deployment!r} does not serve version {version.version}",
+            details={"loc": ["body", "deployment"]},
+        )
+    since = utcnow() - parse_duration(window, "window")
+    logged = session.scalars(
+        select(PredictionLog.inputs)
+        .where(
+            PredictionLog.deployment == deployment,
+            PredictionLog.model_version_id == version.id,
+            PredictionLog.shadow.is_(False),
+            PredictionLog.status == 200,
+            PredictionLog.created_at >= since,
+        )
+        .order_by(PredictionLog.id.desc())
+        .limit(rows)
+    ).all()
+    sample = [row for inputs in logged for row in logged_rows(inputs)][:rows]
+    if not sample:
+        raise Unprocessable(
+            f"no predictions of version {version.version} were logged in {deployment!r} in the "
+            f"last {window}; widen the window or check the deployment's log_sample_rate"
+        )
+    assert version.signature is not None
+    columns = [c["name"] for c in version.signature["inputs"]]
+    data = pd.DataFrame(sample, columns=columns).to_csv(index=False).encode()
+    stored = store.put_chunks([data], max_bytes=len(data) + 1)
+    name = f"{deployment}-production"
+    if session.scalar(select(Dataset.id).where(Dataset.name == name)) is None:
+        datasets.create_dataset(session, DatasetCreate(name=name))
+    dataset, _ = datasets.add_version(session, store, name, stored, filename="production.csv")
+    return dataset
+
+
 def request_importance(
-    session: Session, name: str, ref: str, body: ImportanceRequest, *, by: Principal
+    session: Session,
+    name: str,
+    ref: str,
+    body: ImportanceRequest,
+    *,
+    by: Principal,
+    store: ArtifactStore | None = None,
 ) -> ImportanceRead:
     """A cached result for the same (version, data digest, sample size), or a new job."""
     model, version = ready_version(session, name, ref)
-    dataset = (
-        session.get(DatasetVersion, version.dataset_version_id)
-        if version.dataset_version_id is not None
-        else None
-    )
+    source = "reference"
+    if body.deployment is not None:
+        assert store is not None
+        dataset: DatasetVersion | None = production_sample(
+            session, store, version, body.deployment, body.window, body.sample_rows
+        )
+        source = "production"
+    else:
+        dataset = (
+            session.get(DatasetVersion, version.dataset_version_id)
+            if version.dataset_version_id is not None
+            else None
+        )
     if dataset is None:
         raise Conflict(
             f"version {version.version} has no reference data; register it with "
@@ -315,6 +382,7 @@ def request_importance(
     if row is None:
         row = FeatureImportance(
             model_version_id=version.id,
+            source=source,
             data_digest=dataset.digest,
             dataset_version_id=dataset.id,
             sample_rows=body.sample_rows,
@@ -339,12 +407,16 @@ def request_importance(
 
 
 def get_importance(
-    session: Session, name: str, ref: str, sample_rows: int | None = None
+    session: Session,
+    name: str,
+    ref: str,
+    sample_rows: int | None = None,
+    source: str | None = None,
 ) -> ImportanceRead:
     """The newest ready result for the version (or the newest request, if none is ready)."""
     model = registry.get_model_or_raise(session, name)
     version = registry.get_version_or_raise(session, model, ref)
-    row = _importance_of(session, version, sample_rows, ready_only=False)
+    row = _importance_of(session, version, sample_rows, ready_only=False, source=source)
     if row is None:
         raise NotFound(
             f"no global importance for {model.name} version {version.version}; "
@@ -355,9 +427,16 @@ def get_importance(
 
 
 def _importance_of(
-    session: Session, version: ModelVersion, sample_rows: int | None, *, ready_only: bool
+    session: Session,
+    version: ModelVersion,
+    sample_rows: int | None,
+    *,
+    ready_only: bool,
+    source: str | None = None,
 ) -> FeatureImportance | None:
     stmt = select(FeatureImportance).where(FeatureImportance.model_version_id == version.id)
+    if source is not None:
+        stmt = stmt.where(FeatureImportance.source == source)
     if sample_rows is not None:
         stmt = stmt.where(FeatureImportance.sample_rows == sample_rows)
     if ready_only:
@@ -468,12 +547,13 @@ def importance_plot(session: Session, name: str, ref: str, *, fmt: plots.Format,
 
 
 def _ready_importance(
-    session: Session, model: RegisteredModel, version: ModelVersion
+    session: Session, model: RegisteredModel, version: ModelVersion, source: str = "reference"
 ) -> FeatureImportance:
-    row = _importance_of(session, version, None, ready_only=True)
+    row = _importance_of(session, version, None, ready_only=True, source=source)
     if row is None:
+        on = "its reference data" if source == "reference" else "a production window"
         raise Conflict(
-            f"version {version.version} has no computed global importance yet; "
+            f"version {version.version} has no computed global importance on {on} yet; "
             f"POST /api/v1/models/{model.name}/versions/{version.version}/importance "
             "and wait for it to be ready",
             code="importance_not_ready",
@@ -489,18 +569,31 @@ def attribution_drift(
     name: str,
     ref: str,
     *,
-    baseline: str,
+    baseline: str | None,
     k: int | None,
     threshold: float,
+    against: str = "versions",
 ) -> AttributionDriftRead:
-    """Compare the rankings of two versions' global importances (nDCG@k)."""
+    """Compare rankings of global importance (nDCG@k): this version against the baseline
+    version's, or — `against=production` — this version on its latest production window
+    against itself on its reference data."""
     model = registry.get_model_or_raise(session, name)
     candidate = registry.get_version_or_raise(session, model, ref)
-    reference = registry.get_version_or_raise(session, model, baseline)
-    new, old = (
-        _ready_importance(session, model, candidate),
-        _ready_importance(session, model, reference),
-    )
+    if against == "production":
+        reference = candidate
+        old = _ready_importance(session, model, candidate)
+        new = _ready_importance(session, model, candidate, source="production")
+    else:
+        if baseline is None:
+            raise Unprocessable(
+                "name the baseline version to compare with, or ask against=production",
+                details={"loc": ["query", "baseline"]},
+            )
+        reference = registry.get_version_or_raise(session, model, baseline)
+        new, old = (
+            _ready_importance(session, model, candidate),
+            _ready_importance(session, model, reference),
+        )
     assert new.features is not None and old.features is not None
     result = shapley.attribution_drift(
         {f["feature"]: f["mean_abs_shap"] for f in old.features},
@@ -512,6 +605,7 @@ def attribution_drift(
         model=model.name,
         version=candidate.version,
         baseline_version=reference.version,
+        comparison=against,
         ndcg=result["ndcg"],
         k=k,
         threshold=threshold,

@@ -18,8 +18,10 @@ from app.core.durations import parse_duration
 from app.core.errors import NotFound, Unprocessable
 from app.core.pagination import PageParams, keyset_page
 from app.deployments import service as deployments
-from app.deployments.models import Deployment
+from app.deployments.models import Deployment, VariantMode
 from app.events import service as events
+from app.explain.models import FeatureImportance, ImportanceStatus
+from app.ml.explain import ndcg
 from app.monitoring import service
 from app.monitoring.metrics import endpoint_metrics
 from app.monitoring.models import Alert, AlertRule, DriftReport
@@ -108,6 +110,8 @@ def measure(
         return _quality(session, deployment, rule, Window(now - width, now, width))
     if rule.metric in FAIRNESS:
         return _fairness(session, deployment, rule, Window(now - width, now, width))
+    if rule.metric == "attribution_ndcg":
+        return _attribution(session, deployment, rule, now - width)
     if rule.metric in SERVING:
         step = max(width, timedelta(minutes=1))
         return _serving(session, deployment, rule, Window(now - width, now, step))
@@ -158,6 +162,36 @@ def _fairness(
     )
     value = getattr(result, FAIRNESS[rule.metric])
     return None if value is None else float(value)
+
+
+def _attribution(
+    session: Session, deployment: Deployment, rule: AlertRule, since: datetime
+) -> float | None:
+    """nDCG of the served version's feature ranking on production (computed inside the
+    window) against its ranking on reference data; 1.0 means the same order."""
+    live = [v for v in deployment.variants if v.mode == VariantMode.live]
+    if not live:
+        return None
+    version_id = max(live, key=lambda v: v.weight).model_version_id
+
+    def latest(source: str, after: datetime | None) -> FeatureImportance | None:
+        stmt = select(FeatureImportance).where(
+            FeatureImportance.model_version_id == version_id,
+            FeatureImportance.source == source,
+            FeatureImportance.status == ImportanceStatus.ready,
+        )
+        if after is not None:
+            stmt = stmt.where(FeatureImportance.computed_at >= after)
+        return session.scalar(stmt.order_by(FeatureImportance.computed_at.desc()).limit(1))
+
+    reference, production = latest("reference", None), latest("production", since)
+    if reference is None or production is None or not reference.features:
+        return None
+    return ndcg(
+        {f["feature"]: f["mean_abs_shap"] for f in reference.features},
+        {f["feature"]: f["mean_abs_shap"] for f in production.features or []},
+        k=rule.params.get("k"),
+    )
 
 
 def _drift(

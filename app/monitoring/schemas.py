@@ -109,6 +109,7 @@ class AlertRuleCreate(BaseModel):
         "dataset_drift",
         "drifted_share",
         "feature_drift",
+        "attribution_ndcg",
     ]
     operator: Literal[">", ">=", "<", "<="]
     threshold: float = Field(allow_inf_nan=False)
@@ -117,7 +118,7 @@ class AlertRuleCreate(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="variant; attribute/positive/min_group_size (fairness); feature "
-        "(feature_drift); min_samples (quality, default 30)",
+        "(feature_drift); min_samples (quality, default 30); k (attribution_ndcg)",
     )
 
 
