@@ -30,6 +30,8 @@ from app.deployments.models import (
 )
 from app.deployments.schemas import Guardrails, PromoteRequest, RolloutPolicy
 from app.events import service as events
+from app.explain.models import FeatureImportance, ImportanceStatus
+from app.ml.explain import ndcg
 from app.monitoring import repository
 from app.registry import service as registry
 from app.registry.models import ModelVersion
@@ -187,6 +189,16 @@ def judge(session: Session, deployment: str, rollout: Rollout) -> tuple[dict[str
                 f"disagreement {share:.1%} on {pairs} mirrored requests exceeds "
                 f"{guard.max_disagreement:.1%}"
             )
+    if guard.min_attribution_ndcg is not None:
+        agreement = attribution_agreement(
+            session, rollout.baseline_version_id, rollout.candidate_version_id
+        )
+        numbers["attribution_ndcg"] = agreement
+        if agreement is not None and agreement < guard.min_attribution_ndcg:
+            return numbers, (
+                f"the candidate ranks features differently: attribution nDCG {agreement:.3f} "
+                f"below {guard.min_attribution_ndcg:g}"
+            )
     if cand.requests < guard.min_requests:
         return numbers, None
     if cand.error_rate > base.error_rate + guard.max_error_rate:
@@ -206,6 +218,33 @@ def judge(session: Session, deployment: str, rollout: Rollout) -> tuple[dict[str
             f"baseline's {base.p99_ms:.1f} ms"
         )
     return numbers, None
+
+
+def attribution_agreement(session: Session, baseline_id: int, candidate_id: int) -> float | None:
+    """nDCG of the candidate's importance ranking against the baseline's (both on their
+    reference data); None until both have been computed."""
+    found = {}
+    for version_id in (baseline_id, candidate_id):
+        found[version_id] = session.scalar(
+            select(FeatureImportance.features)
+            .where(
+                FeatureImportance.model_version_id == version_id,
+                FeatureImportance.source == "reference",
+                FeatureImportance.status == ImportanceStatus.ready,
+            )
+            .order_by(FeatureImportance.computed_at.desc())
+            .limit(1)
+        )
+    baseline, candidate = found[baseline_id], found[candidate_id]
+    if not baseline or not candidate:
+        return None
+    return round(
+        ndcg(
+            {f["feature"]: f["mean_abs_shap"] for f in baseline},
+            {f["feature"]: f["mean_abs_shap"] for f in candidate},
+        ),
+        6,
+    )
 
 
 def running(session: Session, deployment: Deployment) -> Rollout | None:

@@ -53,6 +53,13 @@ class Guardrails(BaseModel):
         default=None, ge=0, le=1, description="Share of shadowed requests whose predictions differ."
     )
     min_requests: int = Field(default=100, ge=1, description="No verdict on fewer requests.")
+    min_attribution_ndcg: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="The candidate's feature ranking (global importance on reference data) "
+        "must keep the baseline's at least this well (nDCG); checked once both are computed.",
+    )
 
 
 class RolloutPolicy(BaseModel):

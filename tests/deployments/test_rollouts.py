@@ -209,3 +209,37 @@ def test_promotion_needs_a_single_live_variant(api: TestClient, versions: None) 
     assert api.post("/api/v1/deployments", json=split).status_code == 201
     refused = api.post(f"{URL}/promote", json={"model": "churn/2", "variant": "next"})
     assert refused.status_code == 409 and "A/B" in refused.json()["error"]["message"]
+
+
+def test_a_candidate_that_ranks_features_differently_is_rolled_back(
+    api: TestClient,
+    versions: None,
+    jobs: InlineJobs,
+    tmp_path: Any,
+) -> None:
+    from tests.registry.helpers import Registry, churn_frame, fit_pipeline
+
+    frame = churn_frame()
+    registry = Registry(api, tmp_path)
+    dataset = registry.dataset_version(frame)  # the same bytes: the same dataset version
+    income_only = frame.assign(churned=(frame.income > 50_000).astype(int))
+    registry.register("churn", fit_pipeline(income_only), dataset["id"])
+    jobs.run()
+    deploy(
+        api,
+        bake_seconds=3600,
+        guardrails={"min_requests": 20, "min_attribution_ndcg": 0.95},
+    )
+    assert api.post(f"{URL}/promote", json={"model": "churn/3"}).status_code == 201
+    check(jobs)
+    held = current(api)
+    assert held["state"] == "running"  # importances not computed yet: no verdict on them
+    for version in (1, 3):
+        asked = api.post(f"/api/v1/models/churn/versions/{version}/importance", json={})
+        assert asked.status_code == 202, asked.text
+    jobs.run()
+    check(jobs)
+    rollout = current(api)
+    assert rollout["state"] == "rolled_back", rollout
+    assert "ranks features differently" in rollout["reason"]
+    assert rollout["decisions"][-1]["numbers"]["attribution_ndcg"] < 0.95
