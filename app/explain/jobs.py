@@ -10,14 +10,14 @@ from app.core.db import utcnow
 from app.core.errors import AppError
 from app.core.jobs import JobContext, job
 from app.datasets.models import DatasetVersion
-from app.explain import service
+from app.explain import importance
 from app.explain.models import FeatureImportance, ImportanceStatus
 from app.registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
 
-@job(service.IMPORTANCE_JOB, transactional=False)
+@job(importance.IMPORTANCE_JOB, transactional=False)
 def compute_importance(ctx: JobContext, importance_id: int) -> None:
     with ctx.transaction() as session:
         row = session.get(FeatureImportance, importance_id, with_for_update=True)
@@ -34,7 +34,7 @@ def compute_importance(ctx: JobContext, importance_id: int) -> None:
             row.status_message = "the version or its reference data no longer exists"
             return
         row.status = ImportanceStatus.running
-        inputs = service.ImportanceInputs(
+        inputs = importance.ImportanceInputs(
             importance_id=row.id,
             version=version,
             dataset_uri=dataset.uri,
@@ -44,7 +44,7 @@ def compute_importance(ctx: JobContext, importance_id: int) -> None:
             max_evals=row.max_evals,
         )
     try:
-        result = service.compute_importance(ctx.artifacts, inputs)
+        result = importance.compute_importance(ctx.artifacts, inputs)
     except AppError as exc:
         _fail(ctx, importance_id, exc.message)
         return

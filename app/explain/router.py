@@ -7,7 +7,7 @@ from app.core.artifacts import ArtifactStore
 from app.core.config import API_PREFIX
 from app.core.deps import DbSession
 from app.core.errors import ErrorResponse
-from app.explain import plots, service
+from app.explain import importance, plots, service
 from app.explain.schemas import (
     AttributionDriftRead,
     ExplainRequest,
@@ -79,7 +79,7 @@ def request_model_version_importance(
 ) -> ImportanceRead:
     """Global importance (mean |SHAP| over a sample of the reference data) as a job: 202 with
     the job's resource, or 200 with the cached result for the same version, data and size."""
-    result = service.request_importance(
+    result = importance.request_importance(
         session, name, version, body, by=principal, store=_store(request)
     )
     if result.cached:
@@ -97,7 +97,7 @@ def get_model_version_importance(
     source: Literal["reference", "production"] | None = None,
 ) -> ImportanceRead:
     """The newest ready global importance (or the pending job), with sample size and time."""
-    return service.get_importance(session, name, version, sample_rows, source)
+    return importance.get_importance(session, name, version, sample_rows, source)
 
 
 @router.get("/importance/plot", response_class=Response, responses=IMAGE)
@@ -110,7 +110,7 @@ def plot_model_version_importance(
     top: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     """A bar chart of global importance (PNG or SVG)."""
-    image = service.importance_plot(session, name, version, fmt=format, top=top)
+    image = importance.importance_plot(session, name, version, fmt=format, top=top)
     return Response(image, media_type=plots.MEDIA_TYPES[format])
 
 
@@ -131,6 +131,6 @@ def get_attribution_drift(
     against the baseline version's, or against itself on reference data
     (`against=production`, its latest production-window importance); `drifted` when it falls
     below the threshold."""
-    return service.attribution_drift(
+    return importance.attribution_drift(
         session, name, version, baseline=baseline, k=k, threshold=threshold, against=against
     )
