@@ -7,6 +7,7 @@ take) raises `TrainingError` with a message meant to be shown as is.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 from collections.abc import Callable, Collection
@@ -272,3 +273,198 @@ def supports(estimator: Any) -> dict[str, bool]:
         "warm_start": "warm_start" in params,
         "partial_fit": callable(getattr(final, "partial_fit", None)),
     }
+
+
+ContinueMethod = Literal["warm_start", "partial_fit"]
+
+
+def _final(model: Any) -> Any:
+    return model.steps[-1][1] if isinstance(model, Pipeline) else model
+
+
+def _growth_param(final: Any) -> str | None:
+    """The size parameter that warm start grows: trees/stages, or boosting iterations.
+
+    `max_iter` only counts fitted members in the ensembles (HistGradientBoosting); in linear
+    models it bounds solver iterations, so raising it would add nothing.
+    """
+    get_params = getattr(final, "get_params", None)
+    params = get_params(deep=False) if callable(get_params) else {}
+    if "warm_start" not in params:
+        return None
+    if "n_estimators" in params:
+        return "n_estimators"
+    if "max_iter" in params and type(final).__module__.startswith("sklearn.ensemble."):
+        return "max_iter"
+    return None
+
+
+def _fitted_size(final: Any, growth: str) -> int:
+    """Members actually fitted (early stopping can leave fewer than the parameter asks)."""
+    if growth == "max_iter":
+        return int(final.n_iter_)
+    fitted = getattr(final, "n_estimators_", None)  # gradient boosting after early stopping
+    return int(fitted) if fitted is not None else len(final.estimators_)
+
+
+def capabilities(allowed: Collection[str]) -> dict[str, list[str]]:
+    """Which allowlisted estimators can continue training, by method, for error messages.
+
+    Keys: warm_start, add_estimators (warm start that grows trees/iterations), partial_fit.
+    Names that cannot be imported are left out: they cannot be trained either.
+    """
+    found: dict[str, list[str]] = {"warm_start": [], "add_estimators": [], "partial_fit": []}
+    for dotted in sorted(allowed):
+        try:
+            estimator = build_estimator(dotted, {}, allowed)
+        except TrainingError:
+            continue
+        flags = supports(estimator)
+        if flags["warm_start"]:
+            found["warm_start"].append(dotted)
+            if _growth_param(estimator) is not None:
+                found["add_estimators"].append(dotted)
+        if flags["partial_fit"]:
+            found["partial_fit"].append(dotted)
+    return found
+
+
+def _needs(key: str, allowed: Collection[str]) -> str:
+    names = capabilities(allowed)[key] if allowed else []
+    return f"; {key} needs one of: {', '.join(names)}" if names else ""
+
+
+def _listed(values: Collection[Any], limit: int = 10) -> str:
+    names = sorted(map(str, values))
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_labels(final: Any, labels: np.ndarray[Any, Any], method: ContinueMethod) -> None:
+    """Refuse labels that would silently re-map the classes the fitted model is built on.
+
+    partial_fit cannot learn a new class; warm start re-derives classes_ from the new rows, so
+    a missing class would shift the encoding under the existing trees or coefficients.
+    """
+    classes = getattr(final, "classes_", None)
+    if classes is None:
+        return
+    known = set(np.asarray(classes).tolist())
+    seen = set(np.unique(labels).tolist())
+    if seen - known:
+        raise TrainingError(
+            f"the new rows have class labels the model has never seen: {_listed(seen - known)}; "
+            f"{method} cannot add classes (known: {_listed(known)}); train a new model instead"
+        )
+    if method == "warm_start" and known - seen:
+        raise TrainingError(
+            f"warm start needs rows of every class the model knows; missing: "
+            f"{_listed(known - seen)} (use partial_fit, or train a new model)"
+        )
+
+
+def _features(model: Any, rows: pd.DataFrame) -> Any:
+    """The final estimator's input: new rows through the fitted preprocessing, left as is."""
+    if isinstance(model, Pipeline):
+        return model[:-1].transform(rows) if len(model.steps) > 1 else rows
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return rows
+    missing = [str(n) for n in names if n not in rows.columns]
+    if missing:
+        raise TrainingError(f"the new rows lack columns the model was fitted on: {missing}")
+    return rows[list(names)]
+
+
+def _rows(features: Any, part: slice) -> Any:
+    return features.iloc[part] if isinstance(features, pd.DataFrame) else features[part]
+
+
+def continue_training(
+    model: Any,
+    rows: pd.DataFrame,
+    *,
+    target: str,
+    method: ContinueMethod,
+    add_estimators: int | None = None,
+    batch_size: int = 256,
+    allowed: Collection[str] = (),
+) -> tuple[Any, dict[str, Any]]:
+    """Continue fitting a copy of `model` on new rows: warm start or partial_fit mini-batches.
+
+    Fitted preprocessing is reused, not refitted, so the existing trees or coefficients keep
+    seeing features encoded the way they were trained on. `allowed` only widens error messages
+    with the allowlisted estimators that support the method. Returns (new model, JSON info).
+    """
+    if method not in ("warm_start", "partial_fit"):
+        raise TrainingError(f"unknown continue method {method!r}; use warm_start or partial_fit")
+    require_target(rows, target)
+    labelled = rows[rows[target].notna()]
+    if labelled.empty:
+        raise TrainingError(f"no rows with a value in {target!r} to continue training on")
+    result = copy.deepcopy(model)
+    final = _final(result)
+    name = type(final).__name__
+    flags = supports(result)
+    growth = _growth_param(final)
+    if not flags[method]:
+        other = [m for m, ok in flags.items() if ok]
+        can = f"; it supports {' and '.join(other)}" if other else ""
+        raise TrainingError(
+            f"{name} cannot continue training with {method}{can}" + _needs(method, allowed)
+        )
+    if add_estimators is not None and (method != "warm_start" or growth is None):
+        raise TrainingError(
+            f"add_estimators only applies to warm start of tree ensembles; {name} with {method} "
+            "does not grow" + _needs("add_estimators", allowed)
+        )
+    if add_estimators is not None and add_estimators < 1:
+        raise TrainingError(f"add_estimators must be at least 1, got {add_estimators}")
+    if method == "warm_start" and growth is not None and add_estimators is None:
+        raise TrainingError(
+            f"warm start of {name} needs add_estimators (how many trees or iterations to add); "
+            "without it nothing new would be fitted"
+        )
+    if batch_size < 1:
+        raise TrainingError(f"batch_size must be at least 1, got {batch_size}")
+    labels = target_array(labelled[target])
+    _check_labels(final, labels, method)
+    info: dict[str, Any] = {
+        "method": method,
+        "estimator": f"{type(final).__module__}.{type(final).__qualname__}",
+        "estimators_before": _fitted_size(final, growth) if growth else None,
+        "estimators_after": None,
+        "add_estimators": add_estimators,
+        "batches": None,
+        "batch_size": batch_size if method == "partial_fit" else None,
+        "rows": len(labelled),
+    }
+    try:
+        features = _features(result, labelled.drop(columns=[target]))
+        expected = getattr(final, "n_features_in_", None)
+        if expected is not None and features.shape[1] != expected:
+            raise TrainingError(
+                f"{name} was fitted on {expected} features, the new rows give "
+                f"{features.shape[1]}; continue only on data with the same columns"
+            )
+        if method == "warm_start":
+            was_warm = final.get_params(deep=False)["warm_start"]
+            final.set_params(warm_start=True)
+            if growth and add_estimators:
+                final.set_params(**{growth: info["estimators_before"] + add_estimators})
+            final.fit(features, labels)
+            final.set_params(warm_start=was_warm)  # fitted state kept; only the flag restored
+        else:
+            extra = {"classes": final.classes_} if hasattr(final, "classes_") else {}
+            starts = range(0, len(labelled), batch_size)
+            for start in starts:
+                part = slice(start, start + batch_size)
+                final.partial_fit(_rows(features, part), labels[part], **extra)
+            info["batches"] = len(starts)
+    except TrainingError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(f"{name} could not continue training on this data: {exc}") from exc
+    if growth:
+        info["estimators_after"] = _fitted_size(final, growth)
+    return result, info

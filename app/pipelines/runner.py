@@ -136,6 +136,13 @@ def _say_metrics(label: str, metrics: dict[str, float]) -> None:
     say(f"{label}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
+def _load_parent(parent: dict[str, Any]) -> Any:
+    """The model a retrain continues from, loaded like the evaluate stage's champion."""
+    model = load_model(Path(parent["model_path"]), digest=parent["digest"], types=parent["types"])
+    say(f"continuing {type(model).__name__} {parent['digest'][:12]} with {parent['method']}")
+    return model
+
+
 def stage_train(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
     started, seed = time.monotonic(), int(request.get("seed", 0))
     target = request["target"]
@@ -143,11 +150,33 @@ def stage_train(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
     say(f"split: {len(train)} training rows, {len(test)} test rows")
     hyperparameters = dict(request.get("hyperparameters") or {})
     estimator, entrypoint = request.get("estimator"), request.get("entrypoint")
-    if bool(estimator) == bool(entrypoint):
+    parent = request.get("continue_from")
+    if not isinstance(parent, dict) and bool(estimator) == bool(entrypoint):
         raise training.TrainingError("give exactly one of an estimator or an entrypoint")
+    # Continuing keeps the parent's fitted preprocessing, so estimator/entrypoint go unused.
+    parent_model = _load_parent(parent) if isinstance(parent, dict) else None
     notes: list[str] = []
+    continued: dict[str, Any] | None = None
     fit_started = time.monotonic()
-    if estimator:
+    if isinstance(parent, dict):
+        add = parent.get("add_estimators")
+        model, continued = training.continue_training(
+            parent_model,
+            train,
+            target=target,
+            method=parent["method"],
+            add_estimators=None if add is None else int(add),
+            batch_size=int(parent.get("batch_size") or 256),
+            allowed=request.get("allowed_estimators") or [],
+        )
+        params = {
+            **flatten(hyperparameters),
+            **({"estimator": estimator} if estimator else {}),
+            **({"entrypoint": entrypoint} if entrypoint else {}),
+            "continue_method": continued["method"],
+            "parent_digest": parent["digest"],
+        }
+    elif estimator:
         allowed = request.get("allowed_estimators") or []
         probe = training.build_estimator(estimator, hyperparameters, allowed)
         if "random_state" in probe.get_params() and "random_state" not in hyperparameters:
@@ -175,7 +204,7 @@ def stage_train(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
     try:
         info = save_model(model, workdir / MODEL_FILE)
     except Exception as exc:
-        if estimator or isinstance(exc, MemoryError):
+        if estimator or continued or isinstance(exc, MemoryError):
             raise
         raise training.TrainingError(
             f"the model returned by the entrypoint cannot be saved with skops: {exc}"
@@ -195,6 +224,7 @@ def stage_train(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "split": {"test_size": float(request.get("test_size", 0.2)), "seed": seed},
         "task": evaluation.task_of(model),
         "supports": training.supports(model),
+        "continued": continued,
         "notes": notes,
         "fit_duration_s": round(fit_seconds, 3),
         "duration_s": round(time.monotonic() - started, 3),

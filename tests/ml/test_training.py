@@ -1,10 +1,15 @@
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+)
 from sklearn.linear_model import LinearRegression, LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 
@@ -14,6 +19,8 @@ from app.ml.training import (
     TrainingError,
     build_estimator,
     build_pipeline,
+    capabilities,
+    continue_training,
     fit_builtin,
     fit_entrypoint,
     is_classifier_target,
@@ -241,3 +248,143 @@ def test_supports() -> None:
     assert supports(RandomForestClassifier()) == {"warm_start": True, "partial_fit": False}
     assert supports(Pipeline([("m", SGDClassifier())])) == {"warm_start": True, "partial_fit": True}
     assert supports(LinearRegression()) == {"warm_start": False, "partial_fit": False}
+
+
+CONTINUABLE = [
+    "sklearn.ensemble.RandomForestClassifier",
+    "sklearn.ensemble.HistGradientBoostingRegressor",
+    "sklearn.linear_model.LogisticRegression",
+    "sklearn.linear_model.LinearRegression",
+    "sklearn.linear_model.SGDClassifier",
+    "sklearn.naive_bayes.GaussianNB",
+    "sklearn.neighbors.KNeighborsClassifier",
+]
+
+
+def fitted(estimator: Any, frame: pd.DataFrame) -> Pipeline:
+    """The shape retrains see: auto preprocessing (with a text column) around the estimator."""
+    features = frame.drop(columns="y")
+    pipeline: Pipeline = build_pipeline(estimator, features, "auto")
+    return pipeline.fit(features, frame["y"].to_numpy())
+
+
+def with_city(rows: int, seed: int) -> pd.DataFrame:
+    frame = binary_frame(rows, seed)
+    return frame.assign(city=np.random.default_rng(seed).choice(["paris", "rome"], rows))
+
+
+def test_warm_start_adds_trees_and_keeps_the_old_ones() -> None:
+    old, new = with_city(120, 0), with_city(80, 1)
+    model = fitted(RandomForestClassifier(n_estimators=5, random_state=0), old)
+    grown, info = continue_training(model, new, target="y", method="warm_start", add_estimators=10)
+    forest, before = grown["model"], model["model"]
+    assert len(forest.estimators_) == 15 and forest.n_estimators == 15
+    assert not forest.warm_start  # only the size changed, not the parent's settings
+    assert info == {
+        "method": "warm_start", "estimator": "sklearn.ensemble._forest.RandomForestClassifier",
+        "estimators_before": 5, "estimators_after": 15, "add_estimators": 10,
+        "batches": None, "batch_size": None, "rows": 80,
+    }  # fmt: skip
+    x = model["preprocess"].transform(new.drop(columns="y"))
+    for old_tree, kept in zip(before.estimators_, forest.estimators_[:5], strict=True):
+        assert np.array_equal(old_tree.predict_proba(x), kept.predict_proba(x))
+    # The fitted preprocessing was reused, not refitted on the new rows.
+    assert np.array_equal(grown["preprocess"].transform(old.drop(columns="y")),
+                          model["preprocess"].transform(old.drop(columns="y")))  # fmt: skip
+    assert len(before.estimators_) == 5 and before.n_estimators == 5  # the input is untouched
+    assert grown is not model and grown.score(new.drop(columns="y"), new["y"]) > 0.8
+
+
+def test_warm_start_adds_boosting_stages_and_iterations() -> None:
+    model = fitted(GradientBoostingClassifier(n_estimators=5, random_state=0), with_city(100, 0))
+    grown, info = continue_training(
+        model, with_city(60, 1), target="y", method="warm_start", add_estimators=3
+    )
+    assert grown["model"].estimators_.shape[0] == 8 and model["model"].estimators_.shape[0] == 5
+    assert (info["estimators_before"], info["estimators_after"]) == (5, 8)
+
+    rng = np.random.default_rng(3)
+    reg = pd.DataFrame({"a": rng.normal(size=150), "b": rng.normal(size=150)})
+    reg["y"] = 2 * reg["a"] - reg["b"]
+    model = fitted(HistGradientBoostingRegressor(max_iter=5), reg[:100])
+    grown, info = continue_training(
+        model, reg[100:], target="y", method="warm_start", add_estimators=4
+    )
+    assert grown["model"].n_iter_ == 9 and grown["model"].max_iter == 9
+    assert model["model"].n_iter_ == 5 and model["model"].max_iter == 5
+    assert info["estimators_after"] == 9
+
+
+def test_warm_start_of_a_linear_model_starts_from_the_previous_coefficients() -> None:
+    frame = with_city(150, 0)
+    model = fitted(LogisticRegression(), frame)
+    coef = model["model"].coef_.copy()
+    again, info = continue_training(model, frame, target="y", method="warm_start")
+    # Already at the optimum for these rows, so the solver stops almost at once.
+    assert again["model"].n_iter_[0] < model["model"].n_iter_[0]
+    assert info["estimators_before"] is None and info["add_estimators"] is None
+    assert np.array_equal(model["model"].coef_, coef) and not model["model"].warm_start
+
+
+def test_partial_fit_in_mini_batches() -> None:
+    model = fitted(SGDClassifier(random_state=0), with_city(100, 0))
+    coef = model["model"].coef_.copy()
+    new = with_city(70, 1)
+    online, info = continue_training(model, new, target="y", method="partial_fit", batch_size=32)
+    assert info["batches"] == math.ceil(70 / 32) == 3 and info["batch_size"] == 32
+    assert info["rows"] == 70 and info["method"] == "partial_fit"
+    assert not np.array_equal(online["model"].coef_, coef)
+    assert np.array_equal(model["model"].coef_, coef)
+    assert list(online.classes_) == ["no", "yes"]
+    # A bare estimator (preprocessing "none") is continued directly, by column name.
+    bare = SGDClassifier(random_state=0).fit(new[["a", "b"]], new["y"])
+    _, info = continue_training(bare, new, target="y", method="partial_fit", batch_size=100)
+    assert info["batches"] == 1
+
+
+@pytest.mark.parametrize(
+    ("estimator", "kwargs", "message"),
+    [
+        (SGDClassifier(), {"method": "partial_fit", "label": "maybe"},
+         "class labels the model has never seen: maybe"),
+        (RandomForestClassifier(n_estimators=3), {"method": "warm_start", "add_estimators": 2,
+         "label": "yes"}, "warm start needs rows of every class the model knows; missing: no"),
+        (LogisticRegression(), {"method": "warm_start", "add_estimators": 5},
+         "add_estimators only applies to warm start of tree ensembles; LogisticRegression with "
+         "warm_start does not grow; add_estimators needs "
+         "one of: sklearn.ensemble.HistGradientBoostingRegressor, "
+         "sklearn.ensemble.RandomForestClassifier"),
+        (RandomForestClassifier(n_estimators=3), {"method": "partial_fit"},
+         "RandomForestClassifier cannot continue training with partial_fit; it supports "
+         "warm_start; partial_fit needs one of: sklearn.linear_model.SGDClassifier, "
+         "sklearn.naive_bayes.GaussianNB"),
+        (RandomForestClassifier(n_estimators=3), {"method": "warm_start"},
+         "needs add_estimators"),
+        (SGDClassifier(), {"method": "partial_fit", "batch_size": 0}, "batch_size must be"),
+    ],
+    ids=["unseen-class", "missing-class", "add-on-linear", "no-partial-fit", "no-add", "batch-0"],
+)  # fmt: skip
+def test_continue_training_refusals(estimator: Any, kwargs: dict[str, Any], message: str) -> None:
+    model = fitted(estimator, with_city(60, 0))
+    options = dict(kwargs)  # parametrize shares the dict between runs
+    label = options.pop("label", None)
+    new = with_city(30, 1) if label is None else with_city(30, 1).assign(y=label)
+    with pytest.raises(TrainingError) as caught:
+        continue_training(model, new, target="y", allowed=CONTINUABLE, **options)
+    assert message in str(caught.value)
+
+
+def test_capabilities() -> None:
+    assert capabilities([*CONTINUABLE, "sklearn.nope.Missing"]) == {
+        "warm_start": [
+            "sklearn.ensemble.HistGradientBoostingRegressor",
+            "sklearn.ensemble.RandomForestClassifier",
+            "sklearn.linear_model.LogisticRegression",
+            "sklearn.linear_model.SGDClassifier",
+        ],
+        "add_estimators": [
+            "sklearn.ensemble.HistGradientBoostingRegressor",
+            "sklearn.ensemble.RandomForestClassifier",
+        ],
+        "partial_fit": ["sklearn.linear_model.SGDClassifier", "sklearn.naive_bayes.GaussianNB"],
+    }

@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app.ml.model_files import load_model, save_model
+from app.ml.training import fit_builtin
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,3 +310,48 @@ def test_python_stage(tmp_path: Path, source_dir: Path) -> None:
     code, result, _, err = run(tmp_path, {**request, "function": "user_model:opaque", "args": {}})
     assert code == 0, err
     assert result["return"].startswith("<object object at")
+
+
+def test_train_continues_a_saved_champion_with_more_trees(tmp_path: Path, dataset: Path) -> None:
+    champion = fit_builtin(
+        pd.read_csv(dataset),
+        target="y",
+        estimator="sklearn.ensemble.RandomForestClassifier",
+        hyperparameters={"n_estimators": 8, "max_depth": 4, "random_state": 0},
+        preprocessing="auto",
+        allowed=ALLOWED,
+    )
+    saved = save_model(champion, tmp_path / "champion.skops")
+    parent = {
+        "model_path": str(tmp_path / "champion.skops"),
+        "digest": saved.digest,
+        "types": saved.types,
+        "method": "warm_start",
+        "add_estimators": 5,
+        "batch_size": 256,
+    }
+    request = train_request(dataset, estimator=None, continue_from=parent)
+    code, result, out, err = run(tmp_path, request)
+    assert code == 0, err
+    assert result["continued"] == {
+        "method": "warm_start", "estimator": "sklearn.ensemble._forest.RandomForestClassifier",
+        "estimators_before": 8, "estimators_after": 13, "add_estimators": 5,
+        "batches": None, "batch_size": None, "rows": 225,
+    }  # fmt: skip
+    assert result["params"] == {
+        "n_estimators": 20, "max_depth": 4,  # recorded as requested, not used for fitting
+        "continue_method": "warm_start", "parent_digest": saved.digest,
+    }  # fmt: skip
+    assert result["rows"] == {"train": 225, "test": 75} and "holdout_accuracy" in result["metrics"]
+    assert "continuing Pipeline" in out
+    model = load_model(
+        Path(result["model_path"]), digest=result["model_digest"], types=result["model_types"]
+    )
+    assert len(model["model"].estimators_) == 13
+    assert len(champion["model"].estimators_) == 8
+
+    # A tampered parent is refused like a tampered champion, before any fitting.
+    code, refused, _, _ = run(
+        tmp_path, {**request, "continue_from": {**parent, "digest": "0" * 64}}
+    )
+    assert code == 2 and "digest mismatch" in refused["error"]
