@@ -7,11 +7,11 @@ The controller is `advance`, run by beat every few seconds; it only reads what t
 logged and rewrites the desired state, which the gateway then converges to."""
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.auth.service import Principal
@@ -22,6 +22,7 @@ from app.core.security import Role
 from app.deployments import service
 from app.deployments.models import (
     Deployment,
+    Replica,
     Rollout,
     RolloutDecision,
     RolloutState,
@@ -166,14 +167,31 @@ def advance(session: Session, rollout: Rollout, now: datetime | None = None) -> 
     _decide(session, deployment, rollout, "advance", f"guardrails held; {percent}%", numbers)
 
 
+def _warm_since(session: Session, rollout: Rollout) -> datetime | None:
+    """Latency is compared from when the candidate's first replica was ready: the requests
+    the gateway held while it started are its cold start, reported as such."""
+    ready = session.scalar(
+        select(func.min(Replica.ready_at)).where(
+            Replica.deployment_id == rollout.deployment_id,
+            Replica.variant == rollout.candidate_variant,
+            Replica.ready_at.is_not(None),
+        )
+    )
+    return max(rollout.step_started_at, ready) if ready else None
+
+
 def judge(session: Session, deployment: str, rollout: Rollout) -> tuple[dict[str, Any], str | None]:
     """Candidate vs baseline since the step began: error rate, p99 and disagreement."""
     guard = Guardrails.model_validate(rollout.guardrails)
     since = rollout.step_started_at
-    base = repository.variant_window(session, deployment, rollout.baseline_variant, since)
-    cand = repository.variant_window(session, deployment, rollout.candidate_variant, since)
+    warm = _warm_since(session, rollout)
+    base = repository.variant_window(session, deployment, rollout.baseline_variant, since, warm)
+    cand = repository.variant_window(session, deployment, rollout.candidate_variant, since, warm)
+    if warm is None:  # no candidate replica is ready yet: no latency verdict either
+        cand = replace(cand, p99_ms=None)
     numbers: dict[str, Any] = {
         "since": since.isoformat(),
+        "latency_since": warm.isoformat() if warm else None,
         "baseline": {**asdict(base), "error_rate": round(base.error_rate, 5)},
         "candidate": {**asdict(cand), "error_rate": round(cand.error_rate, 5)},
         "guardrails": guard.model_dump(mode="json"),

@@ -1,7 +1,7 @@
 """Queries over what the gateway logged: the numbers rollout guardrails and A/B tests judge."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -23,18 +23,29 @@ class VariantWindow:
 
 
 def variant_window(
-    session: Session, deployment: str, variant: str, since: datetime
+    session: Session,
+    deployment: str,
+    variant: str,
+    since: datetime,
+    latency_since: datetime | None = None,
 ) -> VariantWindow:
-    """Live requests a variant answered since a moment: count, 5xx, p99 of total latency."""
+    """Live requests a variant answered since a moment: count, 5xx, p99 of total latency
+    (from `latency_since` when given: requests held while a replica cold-starts are
+    counted as cold starts, not as the model's latency)."""
     rows = session.execute(
-        select(PredictionLog.status, PredictionLog.total_ms).where(
+        select(PredictionLog.status, PredictionLog.total_ms, PredictionLog.created_at).where(
             PredictionLog.deployment == deployment,
             PredictionLog.variant == variant,
             PredictionLog.shadow.is_(False),
             PredictionLog.created_at >= since,
         )
     ).all()
-    latencies = [r.total_ms for r in rows if r.status < 500]
+    start = latency_since or since
+    latencies = [  # a log is written when the answer leaves: it arrived total_ms earlier
+        r.total_ms
+        for r in rows
+        if r.status < 500 and r.created_at - timedelta(milliseconds=r.total_ms) >= start
+    ]
     return VariantWindow(
         requests=len(rows),
         errors=sum(r.status >= 500 for r in rows),

@@ -1,11 +1,14 @@
 """Promotion walks its steps and judges guardrails on what the gateway logged."""
 
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.db import utcnow
 from app.core.jobs import run_job
 from app.core.security import Role
 from app.deployments.jobs import ADVANCE_JOB
@@ -120,6 +123,8 @@ def test_a_guardrail_breach_rolls_back_by_itself(
 ) -> None:
     deploy(api, bake_seconds=3600)  # the breach is caught during the bake, not after it
     assert api.post(f"{URL}/promote", json={"model": "churn/2"}).status_code == 201
+    time.sleep(0.2)  # the requests below arrive (80 ms before they are logged) after the step
+    traffic.ready_replica(session_factory, "churn", "v2", utcnow() - timedelta(seconds=0.5))
     traffic.record(session_factory, "churn", "blue", 100)
     traffic.record(session_factory, "churn", "v2", 30, **candidate)
     check(jobs)
@@ -129,6 +134,30 @@ def test_a_guardrail_breach_rolls_back_by_itself(
     assert rollout["decisions"][-1]["action"] == "rollback"
     assert rollout["decisions"][-1]["numbers"]["candidate"]["requests"] == 30
     assert weights(api) == {"blue": 100}
+
+
+def test_requests_held_while_the_candidate_cold_starts_are_not_judged_as_its_latency(
+    api: TestClient, versions: None, jobs: InlineJobs, session_factory: sessionmaker[Session]
+) -> None:
+    """The gateway holds the first requests until the new replica is ready: seconds that
+    are its cold start. Latency is judged from readiness on, errors from the step's start."""
+    deploy(api, bake_seconds=3600)
+    assert api.post(f"{URL}/promote", json={"model": "churn/2"}).status_code == 201
+    traffic.record(session_factory, "churn", "blue", 100)
+    traffic.record(session_factory, "churn", "v2", 5, latency_ms=2500.0)  # held
+    time.sleep(0.2)
+    check(jobs)  # no replica is ready yet: no latency verdict
+    traffic.ready_replica(session_factory, "churn", "v2", utcnow() - timedelta(seconds=0.5))
+    traffic.record(session_factory, "churn", "blue", 100)
+    traffic.record(session_factory, "churn", "v2", 30)
+    check(jobs)
+    rollout = current(api)
+    assert rollout["state"] == "running", rollout
+    numbers = rollout["decisions"][-1]["numbers"] if rollout["decisions"] else None
+    traffic.record(session_factory, "churn", "v2", 30, latency_ms=80.0)  # slow once warm
+    check(jobs)
+    rollout = current(api)
+    assert rollout["state"] == "rolled_back" and "p99" in rollout["reason"], (rollout, numbers)
 
 
 def test_disagreement_on_mirrored_requests_rolls_back(

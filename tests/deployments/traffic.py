@@ -3,13 +3,14 @@ telemetry code path (`Telemetry.observe` → `take` → `write`) the gateway flu
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import unit_of_work
-from app.deployments.models import Deployment, Variant
+from app.deployments.models import Deployment, Replica, Variant
 from app.serving.telemetry import Observation, Telemetry, write
 
 
@@ -65,3 +66,27 @@ def record(
     with unit_of_work(session_factory) as session:
         write(session, telemetry.gateway_id, telemetry.take())
     return ids
+
+
+def ready_replica(
+    session_factory: sessionmaker[Session], deployment: str, variant: str, ready_at: datetime
+) -> None:
+    """A replica of the variant as the gateway reports it once it answered its health check."""
+    with unit_of_work(session_factory) as session:
+        found = session.execute(
+            select(Deployment.id, Variant.model_version_id)
+            .join(Variant, Deployment.id == Variant.deployment_id)
+            .where(Deployment.name == deployment, Variant.name == variant)
+        ).one()
+        session.add(
+            Replica(
+                deployment_id=found.id,
+                variant=variant,
+                model_version_id=found.model_version_id,
+                gateway="test",
+                port=1,
+                state="ready",
+                started_at=ready_at,
+                ready_at=ready_at,
+            )
+        )
