@@ -11,5 +11,6 @@ def load_jobs() -> dict[str, JobSpec]:
     from app.registry import jobs as registry_jobs  # noqa: F401
     from app.sources import jobs as source_jobs  # noqa: F401
     from app.subscriptions import jobs as subscription_jobs  # noqa: F401
+    from app.training import jobs as training_jobs  # noqa: F401
 
     return JOBS

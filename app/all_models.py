@@ -13,6 +13,7 @@ from app.registry import models as registry_models
 from app.sources import models as source_models
 from app.subscriptions import models as subscription_models
 from app.tracking import models as tracking_models
+from app.training import models as training_models
 
 __all__ = [
     "Base",
@@ -28,4 +29,5 @@ __all__ = [
     "source_models",
     "subscription_models",
     "tracking_models",
+    "training_models",
 ]

@@ -31,6 +31,7 @@ from app.sources.router import router as sources_router
 from app.subscriptions.router import router as subscriptions_router
 from app.tracking.router import experiments as experiments_router
 from app.tracking.router import runs as runs_router
+from app.training.router import router as training_router
 
 
 @asynccontextmanager
@@ -90,6 +91,7 @@ def create_app(
         monitoring_router,
         alerting_router,
         subscriptions_router,
+        training_router,
     )
     for router in routers:
         app.include_router(router)

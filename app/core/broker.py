@@ -35,6 +35,11 @@ def make_celery(settings: Settings) -> Celery:
                 "task": "monitoring.evaluate_alerts",
                 "schedule": settings.alert_check_seconds,
             },
+            "training-policies": {
+                "task": "training.tick",
+                "schedule": settings.policy_check_seconds,
+            },
+            "training-prune": {"task": "training.prune", "schedule": 3600.0},
             "deployments-rollouts": {
                 "task": "deployments.advance_rollouts",
                 "schedule": settings.rollout_check_seconds,

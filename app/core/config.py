@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     rollout_check_seconds: float = Field(
         default=5, gt=0, description="How often beat checks running rollouts' guardrails."
     )
+    policy_check_seconds: float = Field(
+        default=60, gt=0, description="How often beat evaluates retraining policies' triggers."
+    )
     alert_check_seconds: float = Field(
         default=30, gt=0, description="How often beat evaluates alert rules."
     )

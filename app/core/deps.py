@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from app.core.artifacts import ArtifactStore
 from app.core.config import Settings
 from app.core.db import unit_of_work
 from app.core.outbox import PENDING_IDS_KEY
@@ -25,5 +26,11 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+def get_artifacts(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.artifacts
+    return store
+
+
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
+Artifacts = Annotated[ArtifactStore, Depends(get_artifacts)]

@@ -1,8 +1,10 @@
 """Datasets and their immutable, content-addressed versions with a reference profile."""
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -12,7 +14,7 @@ from app.core.pagination import PageParams, keyset_page
 from app.datasets.models import Dataset, DatasetVersion
 from app.datasets.schemas import DatasetCreate
 from app.ml.profile import infer_schema, profile_frame
-from app.ml.tabular import TableFormatError, detect_format, read_table
+from app.ml.tabular import TableFormat, TableFormatError, detect_format, read_table
 
 
 def create_dataset(session: Session, data: DatasetCreate) -> Dataset:
@@ -52,6 +54,25 @@ def get_version_or_raise(session: Session, name: str, version: int) -> DatasetVe
     )
     if found is None:
         raise NotFound(f"dataset {name!r} has no version {version}")
+    return found
+
+
+def read_version(store: ArtifactStore, version: DatasetVersion) -> pd.DataFrame:
+    """A stored version's rows (its format was checked when it was added)."""
+    fmt: TableFormat = "parquet" if version.format == "parquet" else "csv"
+    return read_table(store.resolve(version.uri), fmt)
+
+
+def latest_version_or_raise(session: Session, name: str) -> DatasetVersion:
+    dataset = get_dataset_or_raise(session, name)
+    found = session.scalar(
+        select(DatasetVersion)
+        .where(DatasetVersion.dataset_id == dataset.id)
+        .order_by(DatasetVersion.version.desc())
+        .limit(1)
+    )
+    if found is None:
+        raise NotFound(f"dataset {name!r} has no versions yet; upload one first")
     return found
 
 
@@ -106,6 +127,21 @@ def add_version(
     session.add(version)
     session.flush()
     return version, True
+
+
+def add_frame_version(
+    session: Session, store: ArtifactStore, name: str, frame: pd.DataFrame
+) -> DatasetVersion:
+    """Keep rows Flywheel selected itself (a production sample, a training window) as a
+    version of `name`, created on first use, so what used them is traced by digest."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    data = buffer.getvalue()
+    stored = store.put_chunks([data], max_bytes=len(data) + 1)
+    if session.scalar(select(Dataset.id).where(Dataset.name == name)) is None:
+        create_dataset(session, DatasetCreate(name=name))
+    version, _ = add_version(session, store, name, stored, filename=f"{name}.parquet")
+    return version
 
 
 def store_from_uri(store: ArtifactStore, uri: str, *, max_bytes: int) -> tuple[StoredObject, str]:

@@ -19,8 +19,7 @@ from app.core.durations import parse_duration
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.outbox import enqueue
 from app.datasets import service as datasets
-from app.datasets.models import Dataset, DatasetVersion
-from app.datasets.schemas import DatasetCreate
+from app.datasets.models import DatasetVersion
 from app.deployments import service as deployments
 from app.explain import plots
 from app.explain.models import FeatureImportance, ImportanceStatus
@@ -82,13 +81,8 @@ def production_sample(
         )
     assert version.signature is not None
     columns = [c["name"] for c in version.signature["inputs"]]
-    data = pd.DataFrame(sample, columns=columns).to_csv(index=False).encode()
-    stored = store.put_chunks([data], max_bytes=len(data) + 1)
-    name = f"{deployment}-production"
-    if session.scalar(select(Dataset.id).where(Dataset.name == name)) is None:
-        datasets.create_dataset(session, DatasetCreate(name=name))
-    dataset, _ = datasets.add_version(session, store, name, stored, filename="production.csv")
-    return dataset
+    frame = pd.DataFrame(sample, columns=columns)
+    return datasets.add_frame_version(session, store, f"{deployment}-production", frame)
 
 
 def request_importance(

@@ -139,13 +139,10 @@ def _serving(
 def _quality(
     session: Session, deployment: Deployment, rule: AlertRule, span: Window
 ) -> float | None:
-    points = service.performance(session, deployment.name, span, rule.params.get("variant")).points
-    scored = [(p.metrics.get(rule.metric), p.labelled) for p in points]
-    weighted = [(float(v), n) for v, n in scored if v is not None]
-    total = sum(n for _, n in weighted)
-    if total < int(rule.params.get("min_samples", 30)):
-        return None
-    return sum(v * n for v, n in weighted) / total
+    value, labelled = service.quality_over(
+        session, deployment.name, span, rule.metric, rule.params.get("variant")
+    )
+    return value if labelled >= int(rule.params.get("min_samples", 30)) else None
 
 
 def _fairness(

@@ -56,9 +56,19 @@ def _version_outputs(session: Session, version_ids: set[int]) -> dict[int, dict[
     return {row.id: (row.signature or {}).get("output", {}) for row in rows}
 
 
-def _labelled_rows(
-    session: Session, deployment: str, span: Window, variant: str | None
+def labelled_requests(
+    session: Session,
+    deployment: str,
+    span: Window,
+    variant: str | None,
+    *,
+    labelled_only: bool = False,
+    newest_first: bool = False,
+    limit: int = MAX_ROWS,
 ) -> list[Any]:
+    """Answered requests of the window with their feedback labels (None when unlabelled);
+    `newest_first` keeps the most recent ones when the limit cuts."""
+    join = PredictionLog.deployment == Feedback.deployment
     stmt = (
         select(
             PredictionLog.created_at,
@@ -68,10 +78,10 @@ def _labelled_rows(
             PredictionLog.outputs,
             Feedback.labels,
         )
-        .outerjoin(
+        .join(
             Feedback,
-            (Feedback.deployment == PredictionLog.deployment)
-            & (Feedback.request_id == PredictionLog.request_id),
+            join & (Feedback.request_id == PredictionLog.request_id),
+            isouter=not labelled_only,
         )
         .where(
             PredictionLog.deployment == deployment,
@@ -80,8 +90,8 @@ def _labelled_rows(
             PredictionLog.created_at >= span.start,
             PredictionLog.created_at < span.end,
         )
-        .order_by(PredictionLog.created_at)
-        .limit(MAX_ROWS)
+        .order_by(PredictionLog.created_at.desc() if newest_first else PredictionLog.created_at)
+        .limit(limit)
     )
     if variant is not None:
         stmt = stmt.where(PredictionLog.variant == variant)
@@ -93,7 +103,11 @@ def performance(
 ) -> Performance:
     """Per bucket and variant, the quality of the predictions that got labels."""
     deployments.get_or_raise(session, deployment)
-    rows = [r for r in _labelled_rows(session, deployment, span, variant) if r.labels]
+    rows = [
+        r
+        for r in labelled_requests(session, deployment, span, variant, labelled_only=True)
+        if r.labels
+    ]
     outputs = _version_outputs(session, {r.model_version_id for r in rows})
     groups: dict[tuple[str, datetime], dict[str, list[Any]]] = defaultdict(
         lambda: {"labels": [], "predictions": [], "probabilities": [], "version": []}
@@ -135,6 +149,17 @@ def performance(
     )
 
 
+def quality_over(
+    session: Session, deployment: str, span: Window, metric: str, variant: str | None
+) -> tuple[float | None, int]:
+    """One quality metric over the whole window (buckets weighted by their labelled rows),
+    and how many labelled rows it stands on."""
+    points = performance(session, deployment, span, variant).points
+    weighted = [(float(v), p.labelled) for p in points if (v := p.metrics.get(metric)) is not None]
+    total = sum(n for _, n in weighted)
+    return (sum(v * n for v, n in weighted) / total if total else None), total
+
+
 def logged_rows(inputs: Any) -> list[dict[str, Any]]:
     """The rows of a logged request body, whichever shape it came in."""
     if not isinstance(inputs, dict):
@@ -156,7 +181,7 @@ def fairness(
     variant: str | None,
 ) -> Fairness:
     deployments.get_or_raise(session, deployment)
-    rows = _labelled_rows(session, deployment, span, variant)
+    rows = labelled_requests(session, deployment, span, variant)
     groups, predictions, labels = [], [], []
     seen_columns: set[str] = set()
     for row in rows:

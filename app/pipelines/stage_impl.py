@@ -33,7 +33,7 @@ from app.pipelines.stages import (
 from app.registry import jobs as registry_jobs
 from app.registry import packaging
 from app.registry import service as registry
-from app.registry.models import RegisteredModel, VersionStatus
+from app.registry.models import ModelVersion, RegisteredModel, VersionStatus
 from app.registry.schemas import ModelCreate, VersionCreate
 from app.tracking import service as tracking
 from app.tracking.models import Experiment, RunStatus
@@ -61,6 +61,7 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
         raise StageFailed("no target column: set params.target or train.target in flywheel.yaml")
     hyperparameters = {**(config.get("params") or {}), **(params.get("hyperparameters") or {})}
     with ctx.transaction() as session:
+        parent, continue_from = _continue_from(ctx, session, params.get("continue_from"))
         version = dataset_file(ctx, session, stage.inputs.get("dataset_version_id"))
         dataset_path, dataset_format = ctx.artifacts.resolve(version.uri), version.format
         experiment = _experiment(session, f"pipeline-{stage.pipeline}")
@@ -106,7 +107,10 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
         "source_dir": str(source) if source else None,
         "allowed_estimators": ALLOWED,
         "memory_limit_mb": stage.memory_limit_mb,
+        "continue_from": continue_from,
     }
+    if continue_from is not None:
+        log(ctx, stage, f"continuing v{parent} by {continue_from['method']}")
     try:
         result = run_runner(ctx, stage, control, request, workdir)
     except Exception:
@@ -135,8 +139,29 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
             "metrics": result.get("metrics", {}),
             "task": result.get("task"),
             "split": result.get("split", {}),
+            "parent_version": parent,
+            "continued": result.get("continued"),
         },
     )
+
+
+def _continue_from(
+    ctx: JobContext, session: Any, spec: dict[str, Any] | None
+) -> tuple[int | None, dict[str, Any] | None]:
+    """The registered version a retrain continues from, as the runner loads it."""
+    if not spec:
+        return None, None
+    parent = session.get(ModelVersion, spec.get("version_id"))
+    if parent is None:
+        raise StageFailed(f"the version to continue from ({spec.get('version_id')}) is gone")
+    return parent.version, {
+        "model_path": str(ctx.artifacts.path_for_digest(parent.artifact_digest)),
+        "digest": parent.artifact_digest,
+        "types": parent.artifact_types or [],
+        "method": spec.get("method", "warm_start"),
+        "add_estimators": spec.get("add_estimators"),
+        "batch_size": spec.get("batch_size", 256),
+    }
 
 
 def _experiment(session: Any, name: str) -> Experiment:
@@ -249,6 +274,7 @@ def register(ctx: JobContext, stage: StageInput, control: Control, workdir: Path
                     target=trained["target"],
                     metrics=metrics,
                     description=f"pipeline {stage.pipeline} run {stage.run_id}",
+                    parent_version=trained.get("parent_version"),
                 ),
                 by=principal,
             )

@@ -88,6 +88,14 @@ class Control:
         return self.stop_reason is not None
 
 
+# Run params a task takes even when its spec leaves them out: tuned hyperparameters, and
+# what a retraining policy sets (the model to continue from, the alias to register under).
+RUN_LEVEL_PARAMS: dict[str, frozenset[str]] = {
+    "train": frozenset({"hyperparameters", "continue_from"}),
+    "register": frozenset({"alias"}),
+}
+
+
 def stage_input(session: Session, run: PipelineRun, task: TaskRun) -> StageInput:
     spec = PipelineSpec.model_validate(run.spec)
     by_name = {t.name: t for t in spec.tasks}
@@ -97,9 +105,8 @@ def stage_input(session: Session, run: PipelineRun, task: TaskRun) -> StageInput
     }
     ancestors = _ancestors(spec, task.name)
     register = next((t.params.get("model") for t in spec.tasks if t.type == "register"), None)
-    overrides = {
-        k: v for k, v in run.params.items() if k in task_spec.params or k == "hyperparameters"
-    }
+    extra = RUN_LEVEL_PARAMS.get(task.type, frozenset())
+    overrides = {k: v for k, v in run.params.items() if k in task_spec.params or k in extra}
     return StageInput(
         run_id=run.id,
         task_run_id=task.id,

@@ -8,10 +8,11 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from app.core.jobs import JobContext, job
+from app.datasets import service as datasets
 from app.datasets.models import DatasetVersion
 from app.ml import signature as signatures
 from app.ml.model_files import ModelFileError, load_model
-from app.ml.tabular import TableFormatError, read_table
+from app.ml.tabular import TableFormatError
 from app.registry import packaging, service
 from app.registry.models import ModelVersion, PackageStatus, RegisteredModel, VersionStatus
 
@@ -103,7 +104,7 @@ def _background_sample(
 ) -> dict[str, Any]:
     """A small seeded sample of the training rows, checked by predicting on it."""
     try:
-        frame = read_table(ctx.artifacts.resolve(dataset.uri), dataset.format)  # type: ignore[arg-type]
+        frame = datasets.read_version(ctx.artifacts, dataset)
     except (TableFormatError, OSError) as exc:
         raise VersionRejected(f"the training dataset could not be read: {exc}") from exc
     sample = frame.sample(n=min(BACKGROUND_ROWS, len(frame)), random_state=BACKGROUND_SEED)[columns]

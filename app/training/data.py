@@ -1,0 +1,158 @@
+"""The rows a retrain learns from: labelled production traffic (prediction logs joined with
+feedback) or a dataset with a time column, cut by the policy's window and kept as an
+immutable dataset version, so the run's lineage names exactly those rows."""
+
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.orm import Session
+
+from app.core.artifacts import ArtifactStore
+from app.core.errors import Unprocessable
+from app.datasets import service as datasets
+from app.datasets.models import DatasetVersion
+from app.ml import windows
+from app.monitoring import service as monitoring
+from app.monitoring.windows import Window
+from app.registry.models import ModelVersion
+from app.training.schemas import DataSpec
+
+TIME = "_time"  # when production rows were answered; never a model input
+ERROR = "_error"  # the served model's error on the row: what dynamic windows watch
+
+
+def input_columns(version: ModelVersion) -> list[str]:
+    return [c["name"] for c in (version.signature or {}).get("inputs", [])]
+
+
+def _row_error(prediction: Any, label: Any, regression: bool) -> float:
+    if regression:
+        try:
+            return abs(float(prediction) - float(label))
+        except (TypeError, ValueError):
+            return float("nan")
+    return 0.0 if str(prediction) == str(label) else 1.0
+
+
+def production_rows(
+    session: Session,
+    deployment: str,
+    version: ModelVersion,
+    *,
+    since: datetime,
+    until: datetime,
+    max_rows: int,
+) -> pd.DataFrame:
+    """Labelled rows the deployment answered (newest kept when the cap cuts), with the time
+    they were answered and the error of the prediction then served."""
+    assert version.target is not None
+    columns = input_columns(version)
+    regression = (version.signature or {}).get("output", {}).get("kind") == "regression"
+    requests = monitoring.labelled_requests(
+        session,
+        deployment,
+        Window(since, until, until - since),
+        None,
+        labelled_only=True,
+        newest_first=True,
+        limit=max_rows,
+    )
+    records: list[dict[str, Any]] = []
+    for request in requests:
+        inputs = monitoring.logged_rows(request.inputs)
+        predictions = (request.outputs or {}).get("predictions") or []
+        labels = request.labels or []
+        if not (len(inputs) == len(labels) == len(predictions)):
+            continue  # labels that do not line up with the rows answered are not evidence
+        for row, label, prediction in zip(inputs, labels, predictions, strict=True):
+            if label is None:
+                continue
+            records.append(
+                {
+                    **{c: row.get(c) for c in columns},
+                    version.target: label,
+                    TIME: request.created_at,
+                    ERROR: _row_error(prediction, label, regression),
+                }
+            )
+    frame = pd.DataFrame.from_records(
+        records[:max_rows], columns=[*columns, version.target, TIME, ERROR]
+    )
+    return frame.iloc[::-1].reset_index(drop=True)  # oldest first
+
+
+def dataset_rows(session: Session, store: ArtifactStore, data: DataSpec) -> pd.DataFrame:
+    """The latest version of the policy's dataset, its time column renamed to the common one."""
+    assert data.dataset is not None
+    latest = datasets.latest_version_or_raise(session, data.dataset)
+    frame = datasets.read_version(store, latest)
+    if data.time_column not in frame.columns:
+        raise Unprocessable(
+            f"dataset {data.dataset!r} v{latest.version} has no time column "
+            f"{data.time_column!r}; its columns are {list(frame.columns)}"
+        )
+    frame = frame.rename(columns={data.time_column: TIME})
+    if not pd.api.types.is_numeric_dtype(frame[TIME]):
+        frame[TIME] = pd.to_datetime(frame[TIME], utc=True, errors="coerce")
+    return frame.tail(data.max_rows).reset_index(drop=True)
+
+
+def original_rows(
+    session: Session, store: ArtifactStore, version: ModelVersion
+) -> pd.DataFrame | None:
+    """The served version's own training data, for windows that keep it."""
+    if version.dataset_version_id is None:
+        return None
+    stored = session.get(DatasetVersion, version.dataset_version_id)
+    if stored is None:
+        return None
+    frame = datasets.read_version(store, stored)
+    wanted = [*input_columns(version), version.target]
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise Unprocessable(
+            f"the original training set (dataset version {stored.id}) lacks {missing}"
+        )
+    return frame[wanted]
+
+
+def select_window(
+    frame: pd.DataFrame,
+    spec: dict[str, Any],
+    *,
+    target: str,
+    now: datetime,
+    original: pd.DataFrame | None,
+) -> windows.Selection:
+    if frame.empty:
+        raise Unprocessable(
+            "there are no labelled rows to learn from yet: send feedback for the deployment's "
+            "predictions (POST .../feedback) or point the policy at a dataset"
+        )
+    if original is not None:
+        original = original.copy()
+        for column in frame.columns:
+            if column not in original.columns and column != TIME:
+                original[column] = float("nan")
+    errors = ERROR if ERROR in frame.columns else None
+    try:
+        return windows.select(
+            frame,
+            spec,
+            time_column=TIME,
+            label_column=target,
+            now=pd.Timestamp(now) if not pd.api.types.is_numeric_dtype(frame[TIME]) else None,
+            original=original,
+            errors=errors,
+        )
+    except ValueError as exc:
+        raise Unprocessable(f"window: {exc}") from exc
+
+
+def keep(
+    session: Session, store: ArtifactStore, policy_name: str, rows: pd.DataFrame
+) -> DatasetVersion:
+    """The selected rows without the bookkeeping columns, as `<policy>-window` version N."""
+    features = rows.drop(columns=[c for c in (TIME, ERROR) if c in rows.columns])
+    return datasets.add_frame_version(session, store, f"{policy_name}-window", features)
