@@ -2,8 +2,10 @@
 cooldown coalescing, windows kept as dataset versions, and the retrain's way to champion."""
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +15,7 @@ from app.monitoring.models import DriftReport
 from app.training import triggers
 from app.training.models import RetrainingPolicy
 from tests.conftest import InlineJobs
+from tests.registry.helpers import Registry
 from tests.training.conftest import Labelled, evaluations, frame, retrain_spec, tick
 
 URL = "/api/v1/policies"
@@ -257,3 +260,37 @@ def test_a_rejected_challenger_changes_nothing_in_production(
     assert served.get("/api/v1/models/churn/versions/champion").json()["version"] == 1
     live = served.get("/api/v1/deployments/churn").json()["variants"]
     assert [v["model"] for v in live] == ["churn/1"]
+
+
+def test_new_data_trigger_retrains_on_the_latest_version_of_the_policys_dataset(
+    served: TestClient, jobs: InlineJobs, tmp_path: Path
+) -> None:
+    registry = Registry(served, tmp_path)
+
+    def landing(seed: int) -> None:
+        rows = frame(400, seed=seed)
+        rows["ts"] = pd.date_range("2026-11-01", periods=400, freq="h", tz="UTC").astype(str)
+        registry.dataset_version(rows, name="landing")
+
+    landing(31)
+    source = served.post("/api/v1/sources/data", json={"name": "landing", "dataset": "landing"})
+    assert source.status_code == 201, source.text
+    policy = create(
+        served,
+        triggers={"new_data": {"data_source": "landing"}},
+        data={"source": "dataset", "dataset": "landing", "time_column": "ts"},
+        window={"kind": "last_n", "n": 300},
+    )
+    tick(jobs)  # the version that existed before the policy is not news
+    assert evaluations(served, policy["id"])[-1]["outcome"] == "quiet"
+    landing(32)
+    tick(jobs)
+    fired = evaluations(served, policy["id"])[-1]
+    assert fired["outcome"] == "fired" and fired["fired_by"] == ["new_data"], fired
+    assert fired["checks"][0]["numbers"]["dataset_version_id"] is not None
+    assert fired["window"]["rows"] == 300
+    assert fired["window"]["last_time"].startswith("2026-11-17T15:00")  # the newest row
+    kept = served.get("/api/v1/datasets/nightly-window/versions/1").json()
+    assert {c["name"] for c in kept["schema"]} == {"age", "income", "city", "churned"}
+    tick(jobs)
+    assert evaluations(served, policy["id"])[-1]["outcome"] != "fired"  # seen once
