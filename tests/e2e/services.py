@@ -10,6 +10,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from app.auth import service as auth_service
+from app.core.db import create_db_engine, create_session_factory, unit_of_work
+from app.core.security import Role
+
 BIN = Path(sys.executable).parent
 
 
@@ -103,3 +107,12 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *extra: str) -> 
         time.sleep(0.2)
     process.stop()
     raise AssertionError(f"the worker did not start:\n{process.output()}")
+
+
+def admin_token(url: str) -> str:
+    """An admin token in the database the processes will use."""
+    engine = create_db_engine(url)
+    with unit_of_work(create_session_factory(engine)) as session:
+        _, token = auth_service.create_token(session, name="e2e", role=Role.admin)
+    engine.dispose()
+    return token

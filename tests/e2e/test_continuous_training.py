@@ -12,14 +12,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from app.auth import service as auth_service
-from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.core.migrate import upgrade
-from app.core.security import Role
 from tests.dbutil import scratch_postgres
 from tests.e2e.services import (
     BIN,
     Process,
+    admin_token,
     free_port,
     redis_url,
     require_redis,
@@ -52,10 +50,7 @@ def services(
     require_redis(broker)
     with scratch_postgres(database_url, prefix="flywheel_loop") as url:
         upgrade(url)
-        engine = create_db_engine(url)
-        with unit_of_work(create_session_factory(engine)) as session:
-            _, token = auth_service.create_token(session, name="loop", role=Role.admin)
-        engine.dispose()
+        token = admin_token(url)
         env = service_env(url, broker, tmp_path / "home") | {
             "FLYWHEEL_POLICY_CHECK_SECONDS": "1",
             "FLYWHEEL_ROLLOUT_CHECK_SECONDS": "1",

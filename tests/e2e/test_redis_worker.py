@@ -5,13 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from app.auth import service as auth_service
-from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.core.migrate import upgrade
-from app.core.security import Role
 from tests.dbutil import scratch_postgres
 from tests.e2e.ci_flow import run_ci_flow, run_registry_flow
-from tests.e2e.services import redis_url, require_redis, service_env, start_api, start_worker
+from tests.e2e.services import (
+    admin_token,
+    redis_url,
+    require_redis,
+    service_env,
+    start_api,
+    start_worker,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,10 +26,7 @@ def stack(database_url: str, requires_postgres: None, tmp_path: Path) -> Iterato
     require_redis(broker)
     with scratch_postgres(database_url, prefix="flywheel_e2e") as url:
         upgrade(url)
-        engine = create_db_engine(url)
-        with unit_of_work(create_session_factory(engine)) as session:
-            _, token = auth_service.create_token(session, name="e2e", role=Role.admin)
-        engine.dispose()
+        token = admin_token(url)
         env = service_env(url, broker, tmp_path / "home")
         api, base = start_api(env, tmp_path)
         worker = start_worker(env, tmp_path, "w1", "-P", "prefork", "-c", "2")

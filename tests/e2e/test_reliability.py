@@ -14,15 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from app.auth import service as auth_service
-from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.core.migrate import upgrade
-from app.core.security import Role
 from tests.dbutil import scratch_postgres
 from tests.e2e.ci_flow import wait_run
 from tests.e2e.services import (
     BIN,
     Process,
+    admin_token,
     free_port,
     redis_url,
     require_redis,
@@ -57,14 +55,6 @@ def start_beat(env: dict[str, str], log_dir: Path) -> Process:
         env,
         log_dir / "beat.log",
     )
-
-
-def admin_token(url: str) -> str:
-    engine = create_db_engine(url)
-    with unit_of_work(create_session_factory(engine)) as session:
-        _, token = auth_service.create_token(session, name="e2e", role=Role.admin)
-    engine.dispose()
-    return token
 
 
 def prepare(http: httpx.Client, repo_url: str, seconds: int) -> None:
