@@ -15,7 +15,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,13 +31,13 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_db_engine, create_session_factory, unit_of_work
-from app.core.processes import die_with_parent
 from app.deployments.models import Deployment
 from app.deployments.models import Replica as ReplicaRow
 from app.ml.serving_contract import InputError, check_payload
 from app.registry.models import ModelVersion, RegisteredModel
 from app.serving import protocol
 from app.serving.autoscaler import Autoscaler
+from app.serving.launcher import Launcher, ReplicaProcess
 from app.serving.routing import Lane, Replica, choose, least_outstanding
 from app.serving.telemetry import Observation, Telemetry, write
 
@@ -67,7 +66,7 @@ class Served:
     autoscaling: dict[str, Any]
     log_sample_rate: float
     lanes: list[Lane]
-    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[int, ReplicaProcess] = field(default_factory=dict)
     scalers: dict[str, Autoscaler] = field(default_factory=dict)
 
 
@@ -91,6 +90,7 @@ class Gateway:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.telemetry = Telemetry(self.id)
         self.background: set[asyncio.Task[None]] = set()
+        self.launcher = Launcher()
 
     def spawn(self, work: Any) -> None:
         """Run a coroutine beside the request; held here so it is not collected midway."""
@@ -243,28 +243,17 @@ class Gateway:
 
     async def start_replica(self, served: Served, lane: Lane) -> Replica:
         port = _free_port()
-        process = subprocess.Popen(  # noqa: S603 - our own replica module
-            [
-                sys.executable,
-                "-m",
-                "app.serving.replica",
-                "--version-id",
-                str(lane.version_id),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # replicas never outlive their gateway
-        )
-        replica = Replica(port=port, started_at=time.monotonic(), pid=process.pid)
+        started = time.monotonic()
+        forked = await asyncio.to_thread(self.launcher.fork, lane.version_id, port)
+        process = forked if forked is not None else self.launcher.spawn(lane.version_id, port)
+        replica = Replica(port=port, started_at=started, pid=process.pid)
         lane.replicas.append(replica)
         served.processes[port] = process
         self.spawn(self._await_ready(served, lane, replica, process))
         return replica
 
     async def _await_ready(
-        self, served: Served, lane: Lane, replica: Replica, process: subprocess.Popen[bytes]
+        self, served: Served, lane: Lane, replica: Replica, process: ReplicaProcess
     ) -> None:
         """Ready when its health check answers; spawn-to-ready is the cold start, recorded."""
         deadline = time.monotonic() + READY_TIMEOUT
@@ -318,6 +307,7 @@ class Gateway:
         for served in self.served.values():
             self.stop(served)
         self.served.clear()
+        self.launcher.close()
         await self.http.aclose()
         self.telemetry.replica_rows = None
         with contextlib.suppress(Exception):  # best effort: the database may be gone too
@@ -461,6 +451,7 @@ def create_gateway(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        gateway.launcher.start()  # in the loop's thread, which the replicas' lives hang on
         tasks = [
             loop.create_task(every(interval, gateway.reconcile, "reconcile")),
             loop.create_task(every(FLUSH_SECONDS, gateway.flush, "telemetry flush")),

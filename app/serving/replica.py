@@ -118,18 +118,22 @@ def build_app(loaded: Loaded) -> Starlette:
     )
 
 
+def serve(version_id: int, port: int) -> None:
+    uvicorn.run(
+        build_app(load(version_id)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--version-id", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(
-        build_app(load(args.version_id)),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-    )
+    serve(args.version_id, args.port)
 
 
 if __name__ == "__main__":
