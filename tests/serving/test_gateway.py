@@ -1,6 +1,8 @@
 """The gateway with real replica processes over real HTTP, on a committed database."""
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,11 +52,22 @@ def test_predictions_route_validate_and_stick(stack: dict[str, Any]) -> None:
         assert 0.8 <= variants.count("blue") / 300 <= 0.97
 
 
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_a_crashed_replica_is_replaced(stack: dict[str, Any]) -> None:
+    """Replicas are forked from the gateway's pre-imported template; with the template gone
+    too, the replacement starts as a fresh interpreter, and serves all the same."""
     base, app = stack["base"], stack["app"]
-    served = app.state.gateway.served["churn"]
+    gateway = app.state.gateway
+    served = gateway.served["churn"]
     blue = next(lane for lane in served.lanes if lane.name == "blue")
     victim = blue.replicas[0]
+    template = gateway.launcher.template
+    assert template is not None and parent_pid(victim.pid) == template.pid
+    template.kill()
+    template.wait()
     served.processes[victim.port].kill()
     served.processes[victim.port].wait()
     user = next(f"u{i}" for i in range(1000) if bucket("churn", f"u{i}") < 90)  # lands on blue
@@ -70,6 +83,7 @@ def test_a_crashed_replica_is_replaced(stack: dict[str, Any]) -> None:
     while not (blue.replicas and blue.replicas[0].port != victim.port and blue.replicas[0].ready):
         assert time.monotonic() < deadline, "the crashed replica was not replaced"
         time.sleep(0.1)
+    assert parent_pid(blue.replicas[0].pid) == os.getpid()  # spawned, not forked
     with httpx.Client(base_url=base, timeout=30) as http:
         ok = [
             http.post("/serve/churn/predict", json={"rows": rows(stack["frame"], 1)}).status_code
