@@ -262,8 +262,8 @@ def _copy(value: Any) -> Any:
 
 
 def write(session: Session, gateway_id: str, pending: Pending) -> None:
-    if pending.logs:
-        session.execute(insert(PredictionLog), pending.logs)
+    if pending.logs:  # Core, not the ORM's bulk path: plain rows, nothing to track
+        session.connection().execute(insert(PredictionLog), pending.logs)
     if pending.rollups:
         keys = ["deployment", "variant", "minute", "gateway"]
         columns = [k for k in pending.rollups[0] if k not in keys]
