@@ -104,9 +104,8 @@ def check_payload(payload: Any, signature: dict[str, Any]) -> tuple[list[str] | 
     return columns, rows
 
 
-def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
-    """One array per column with the signature's dtype, then one frame: per-column pandas
-    conversions cost ~0.7 ms a column, which dominated single-row predictions."""
+def _column_arrays(payload: Any, signature: dict[str, Any]) -> tuple[list[Any], int]:
+    """The checked rows as one array per signature column (in its order), and the row count."""
     columns, rows = check_payload(payload, signature)
     inputs = signature["inputs"]
     if columns is None:
@@ -119,15 +118,33 @@ def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
             else [None] * len(rows)
             for c in inputs
         }
+    return [_array(values[c["name"]], c["type"]) for c in inputs], len(rows)
+
+
+def _all_float(arrays: list[Any]) -> bool:
+    return all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in arrays)
+
+
+def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
+    """One array per column with the signature's dtype, then one frame: per-column pandas
+    conversions cost ~0.7 ms a column, which dominated single-row predictions."""
+    arrays, count = _column_arrays(payload, signature)
     # plain object labels: models check feature names on every call, and iterating pandas 3's
     # Arrow-backed string index costs more than the prediction itself
-    names = pd.Index([c["name"] for c in inputs], dtype=object)
-    arrays = [_array(values[c["name"]], c["type"]) for c in inputs]
-    if all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in arrays):
+    names = pd.Index([c["name"] for c in signature["inputs"]], dtype=object)
+    if _all_float(arrays):
         return pd.DataFrame(np.column_stack(arrays), columns=names)  # one block: fastest
     frame = pd.DataFrame(dict(zip(names, arrays, strict=True)), columns=names)
-    frame.index = pd.RangeIndex(len(rows))
+    frame.index = pd.RangeIndex(count)
     return frame
+
+
+def matrix_from_payload(payload: Any, signature: dict[str, Any]) -> np.ndarray[Any, Any] | None:
+    """The rows as one float matrix in the signature's column order when every column is a
+    number (None otherwise): for models shown at load to answer a matrix as they answer a
+    frame, it skips building the frame, the larger part of a one-row prediction."""
+    arrays, _ = _column_arrays(payload, signature)
+    return np.column_stack(arrays) if _all_float(arrays) else None
 
 
 def _array(values: list[Any], kind: str) -> Any:
@@ -168,7 +185,9 @@ def _final_step(model: Any) -> Any:
     return _final_step(steps[-1][1]) if steps else model
 
 
-def predict(model: Any, frame: pd.DataFrame, signature: dict[str, Any]) -> dict[str, Any]:
+def predict(
+    model: Any, frame: pd.DataFrame | np.ndarray[Any, Any], signature: dict[str, Any]
+) -> dict[str, Any]:
     output = signature.get("output", {})
     if output.get("kind") == "classification" and hasattr(model, "predict_proba"):
         probabilities = np.asarray(model.predict_proba(frame), dtype=float)

@@ -7,6 +7,7 @@ of one takes no other model down with it.
 
 import argparse
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,12 @@ from app.core.config import get_settings
 from app.core.db import create_db_engine, create_session_factory
 from app.core.errors import AppError
 from app.ml.model_files import load_model
-from app.ml.serving_contract import InputError, frame_from_payload, predict
+from app.ml.serving_contract import (
+    InputError,
+    frame_from_payload,
+    matrix_from_payload,
+    predict,
+)
 from app.registry.models import ModelVersion, RegisteredModel
 
 
@@ -35,6 +41,7 @@ class Loaded:
     version: int
     background: dict[str, Any] | None
     explainer: Any = None  # built on the first explain request
+    takes_matrix: bool = False  # answers a float matrix exactly as the same rows in a frame
 
 
 def load(version_id: int) -> Loaded:
@@ -57,7 +64,31 @@ def load(version_id: int) -> Loaded:
             version.background_sample,
         )
     engine.dispose()
+    loaded.takes_matrix = takes_matrix(loaded)
     return loaded
+
+
+def takes_matrix(loaded: Loaded) -> bool:
+    """Whether the model answers a plain matrix as it answers a frame, shown on its own
+    background rows: then numeric requests skip the frame. A model that selects columns by
+    name fails or differs here and keeps frames."""
+    sample = loaded.background
+    if not sample or not sample.get("rows"):
+        return False
+    payload = {"dataframe_split": {"columns": sample["columns"], "data": sample["rows"]}}
+    try:
+        matrix = matrix_from_payload(payload, loaded.signature)
+        if matrix is None:
+            return False
+        frame = frame_from_payload(payload, loaded.signature)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(
+                predict(loaded.model, matrix, loaded.signature)
+                == predict(loaded.model, frame, loaded.signature)
+            )
+    except Exception:
+        return False
 
 
 def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
@@ -73,7 +104,9 @@ def build_app(loaded: Loaded) -> Starlette:
     async def infer(request: Request) -> JSONResponse:
         started = time.perf_counter()
         try:
-            frame = frame_from_payload(await request.json(), signature)
+            payload = await request.json()
+            matrix = matrix_from_payload(payload, signature) if loaded.takes_matrix else None
+            frame = matrix if matrix is not None else frame_from_payload(payload, signature)
         except InputError as exc:
             return _error(422, "invalid_input", exc.message, exc.details)
         try:
@@ -119,6 +152,8 @@ def build_app(loaded: Loaded) -> Starlette:
 
 
 def serve(version_id: int, port: int) -> None:
+    # a matrix for a model fitted on a frame: sklearn would warn on every request
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
     uvicorn.run(
         build_app(load(version_id)),
         host="127.0.0.1",
