@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.artifacts import ArtifactStore
@@ -14,10 +15,12 @@ from app.datasets import service as datasets
 from app.datasets.models import DatasetVersion
 from app.ml import windows
 from app.monitoring import service as monitoring
+from app.monitoring.models import DriftReport
 from app.monitoring.windows import Window
 from app.registry.models import ModelVersion
 from app.training.schemas import DataSpec
 
+DRIFT_REPORT = "drift_report"  # a dynamic window that starts where drift reports turned
 TIME = "_time"  # when production rows were answered; never a model input
 ERROR = "_error"  # the served model's error on the row: what dynamic windows watch
 
@@ -156,3 +159,64 @@ def keep(
     """The selected rows without the bookkeeping columns, as `<policy>-window` version N."""
     features = rows.drop(columns=[c for c in (TIME, ERROR) if c in rows.columns])
     return datasets.add_frame_version(session, store, f"{policy_name}-window", features)
+
+
+def since_drift_spec(body: dict[str, Any], loc: list[str | int]) -> dict[str, Any]:
+    """`{"kind": "dynamic", "method": "drift_report", "min_rows", "max_rows"}` checked."""
+    unknown = sorted(set(body) - {"kind", "method", "min_rows", "max_rows"})
+    min_rows, max_rows = body.get("min_rows", 100), body.get("max_rows")
+    problem = None
+    if unknown:
+        problem = f"unknown key(s) {unknown} for a drift_report window"
+    elif isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        problem = f"min_rows must be a positive integer, got {min_rows!r}"
+    elif max_rows is not None and (
+        isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < min_rows
+    ):
+        problem = f"max_rows must be an integer of at least min_rows, got {max_rows!r}"
+    if problem:
+        raise Unprocessable(f"window: {problem}", details={"loc": loc})
+    return {"kind": "dynamic", "method": DRIFT_REPORT, "min_rows": min_rows, "max_rows": max_rows}
+
+
+def drift_start(session: Session, deployment_id: int) -> tuple[int, datetime] | None:
+    """The first report of the latest unbroken run of drifted reports: where the data the
+    served model no longer fits began (None when the latest report did not drift)."""
+    reports = session.execute(
+        select(DriftReport.id, DriftReport.window_start, DriftReport.dataset_drifted)
+        .where(DriftReport.deployment_id == deployment_id, DriftReport.status == "ready")
+        .order_by(DriftReport.id.desc())
+        .limit(1000)
+    ).all()
+    first = None
+    for report in reports:
+        if not report.dataset_drifted:
+            break
+        first = (report.id, report.window_start)
+    return first
+
+
+def since_drift(
+    frame: pd.DataFrame, spec: dict[str, Any], start: tuple[int, datetime] | None
+) -> windows.Selection:
+    """Rows since the drift began, at least min_rows and at most max_rows (the newest)."""
+    ordered = frame.sort_values(TIME, kind="stable")
+    if start is None:
+        raise Unprocessable(
+            "window: the latest drift report shows no dataset drift, so there is no drift "
+            "start to learn from; use another window or request a drift report"
+        )
+    rows = ordered[ordered[TIME] >= pd.Timestamp(start[1])]
+    clamped = None
+    if len(rows) < spec["min_rows"]:
+        rows, clamped = ordered.tail(spec["min_rows"]), "min_rows"
+    elif spec["max_rows"] is not None and len(rows) > spec["max_rows"]:
+        rows, clamped = rows.tail(spec["max_rows"]), "max_rows"
+    info = {
+        "spec": spec,
+        "drift_report": start[0],
+        "drift_started_at": start[1].isoformat(),
+        "clamped": clamped,
+        "rows": len(rows),
+    }
+    return windows.Selection(rows=rows, info=info)

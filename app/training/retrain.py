@@ -82,7 +82,13 @@ def start(
         original = data.original_rows(session, store, version)
         if original is None:
             window = {**window, "include_original": False}
-    selection = data.select_window(frame, window, target=version.target, now=now, original=original)
+    if window.get("method") == data.DRIFT_REPORT:
+        start = data.drift_start(session, deployment.id)
+        selection = data.since_drift(frame, window, start)
+    else:
+        selection = data.select_window(
+            frame, window, target=version.target, now=now, original=original
+        )
     if online and len(selection.rows):
         policy.last_online_row_at = selection.rows[data.TIME].max().to_pydatetime()
     kept = data.keep(session, store, policy.name, selection.rows)

@@ -23,6 +23,8 @@ from app.pipelines.models import Pipeline
 from app.pipelines.spec import ALLOWED_ESTIMATORS, PipelineSpec
 from app.registry.models import ModelVersion, RegisteredModel
 from app.sources.models import DataSource
+from app.training import data
+from app.training.data import DRIFT_REPORT
 from app.training.models import PolicyEvaluation, RetrainingPolicy
 from app.training.schemas import (
     DataSpec,
@@ -51,8 +53,11 @@ def model_name(session: Session, version: ModelVersion) -> str:
 
 
 def normalize_window(window: dict[str, Any], loc: list[str | int]) -> dict[str, Any]:
-    """The stored JSON form of a window; `period: '30d'` is accepted for `seconds`."""
+    """The stored JSON form of a window; `period: '30d'` is accepted for `seconds`, and a
+    dynamic window may start at the drift reports instead of the error stream."""
     body = dict(window)
+    if body.get("kind") == "dynamic" and body.get("method") == DRIFT_REPORT:
+        return data.since_drift_spec(body, loc)
     if "period" in body:
         if "seconds" in body:
             raise Unprocessable("give `period` or `seconds`, not both", details={"loc": loc})

@@ -294,3 +294,46 @@ def test_new_data_trigger_retrains_on_the_latest_version_of_the_policys_dataset(
     assert {c["name"] for c in kept["schema"]} == {"age", "income", "city", "churned"}
     tick(jobs)
     assert evaluations(served, policy["id"])[-1]["outcome"] != "fired"  # seen once
+
+
+def test_a_dynamic_window_can_start_where_the_drift_reports_turned(
+    served: TestClient, labelled: Labelled, session_factory: sessionmaker[Session]
+) -> None:
+    labelled(frame(150, seed=11))
+    turned = utcnow()
+    labelled(frame(120, seed=12), flip=True)
+    policy = create(served, window={"kind": "dynamic", "method": "drift_report", "min_rows": 50})
+    with unit_of_work(session_factory) as session:
+        stored = session.get(RetrainingPolicy, policy["id"])
+        assert stored is not None
+        deployment_id = stored.deployment_id
+        for drifted, start in (
+            (False, turned - timedelta(hours=1)),
+            (True, turned),
+            (True, utcnow()),
+        ):
+            session.add(
+                DriftReport(
+                    deployment_id=deployment_id,
+                    model_version_id=1,
+                    window_start=start,
+                    window_end=utcnow(),
+                    status="ready",
+                    dataset_drifted=drifted,
+                    result={"features": {}},
+                )
+            )
+    evaluation = served.post(f"{URL}/{policy['id']}/trigger", json={})
+    assert evaluation.status_code == 202, evaluation.text
+    window = evaluation.json()["window"]
+    assert window["rows"] == 120 and window["clamped"] is None  # the first drifted report on
+    refused = served.post(
+        URL,
+        json={
+            "name": "bad",
+            "deployment": "churn",
+            "pipeline": "retrain",
+            "window": {"kind": "dynamic", "method": "drift_report", "min_rows": 0},
+        },
+    )
+    assert refused.status_code == 422 and "min_rows" in refused.json()["error"]["message"]
