@@ -18,7 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ from app.serving import protocol
 from app.serving.autoscaler import Autoscaler
 from app.serving.launcher import Launcher, ReplicaProcess
 from app.serving.routing import Lane, Replica, choose, least_outstanding
+from app.serving.served import Served, describe
 from app.serving.telemetry import Observation, Telemetry, write
 
 logger = logging.getLogger(__name__)
@@ -56,19 +57,6 @@ def _free_port() -> int:
 
 def _wall(monotonic: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=time.monotonic() - monotonic)
-
-
-@dataclass
-class Served:
-    id: int
-    name: str
-    generation: int
-    unit_key: str | None
-    autoscaling: dict[str, Any]
-    log_sample_rate: float
-    lanes: list[Lane]
-    processes: dict[int, ReplicaProcess] = field(default_factory=dict)
-    scalers: dict[str, Autoscaler] = field(default_factory=dict)
 
 
 @dataclass
@@ -306,8 +294,9 @@ class Gateway:
 
     async def flush(self) -> None:
         pending = self.telemetry.take()
-        if pending.logs or pending.rollups or pending.replicas is not None:
-            await asyncio.to_thread(self._write, pending)
+        if not (pending.logs or pending.rollups or pending.replicas is not None):
+            return
+        await asyncio.to_thread(self._write, pending)
 
     def _write(self, pending: Any) -> None:
         with unit_of_work(self.session_factory) as session:
@@ -494,7 +483,7 @@ def create_gateway(
         if served is None:
             message = f"deployment {deployment!r} is not served here"
             return protocol.error(404, "not_found", message, "")
-        return JSONResponse(_actual_state(served))
+        return JSONResponse(describe(served))
 
     @app.post("/v2/models/{deployment}/infer")
     async def infer(deployment: str, request: Request) -> JSONResponse:
@@ -512,39 +501,6 @@ def create_gateway(
         return await _serve(gateway, deployment, request, protocol="explain")
 
     return app
-
-
-def _actual_state(served: Served) -> dict[str, Any]:
-    return {
-        "deployment": served.name,
-        "generation": served.generation,
-        "variants": [
-            {
-                "name": lane.name,
-                "model": lane.model,
-                "model_version": lane.version,
-                "weight": lane.weight,
-                "mode": lane.mode,
-                "mirror": lane.mirror,
-                "replicas": [
-                    {
-                        "port": r.port,
-                        "pid": r.pid,
-                        "ready": r.ready,
-                        "in_flight": r.in_flight,
-                        "served": r.served,
-                        "cold_start_seconds": None
-                        if r.ready_at is None
-                        else round(r.ready_at - r.started_at, 3),
-                    }
-                    for r in lane.replicas
-                ],
-                "cold_starts_seconds": [round(c, 3) for c in lane.cold_starts],
-                "scaling_decisions": lane.decisions[-20:],
-            }
-            for lane in served.lanes
-        ],
-    }
 
 
 async def _serve(
