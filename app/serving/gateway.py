@@ -485,21 +485,20 @@ def create_gateway(
             return protocol.error(404, "not_found", message, "")
         return JSONResponse(describe(served))
 
-    @app.post("/v2/models/{deployment}/infer")
-    async def infer(deployment: str, request: Request) -> JSONResponse:
-        """Open Inference Protocol: one input tensor per column, answered as output tensors."""
-        return await _serve(gateway, deployment, request, protocol="v2")
+    # The data plane as plain Starlette routes: FastAPI's parameter resolution and its
+    # per-request bookkeeping cost more than the routing itself here (7% of the gateway's CPU).
+    def data_plane(kind: str) -> Any:
+        async def endpoint(request: Request) -> JSONResponse:
+            return await _serve(gateway, request.path_params["deployment"], request, kind)
 
-    @app.post("/serve/{deployment}/predict")
-    async def serve_predict(deployment: str, request: Request) -> JSONResponse:
-        return await _serve(gateway, deployment, request)
+        return endpoint
 
-    @app.post("/serve/{deployment}/explain")
-    async def serve_explain(deployment: str, request: Request) -> JSONResponse:
-        """SHAP values from the version that serves this request's variant (same routing,
-        same stickiness); not mirrored and not logged as a prediction."""
-        return await _serve(gateway, deployment, request, protocol="explain")
-
+    # Open Inference Protocol: one input tensor per column, answered as output tensors.
+    app.add_route("/v2/models/{deployment}/infer", data_plane("v2"), methods=["POST"])
+    app.add_route("/serve/{deployment}/predict", data_plane("flywheel"), methods=["POST"])
+    # SHAP values from the version that serves this request's variant (same routing, same
+    # stickiness); not mirrored and not logged as a prediction.
+    app.add_route("/serve/{deployment}/explain", data_plane("explain"), methods=["POST"])
     return app
 
 
