@@ -19,7 +19,7 @@ from app.core.migrate import upgrade
 from app.core.outbox import OutboxMessage
 from app.core.security import Role
 from app.main import create_app
-from tests.dbutil import is_postgres_url, provide_database
+from tests.dbutil import is_postgres_url, provide_database, skip_unless_postgres
 from tests.registry.helpers import Registry, churn_frame, fit_pipeline
 
 
@@ -44,8 +44,7 @@ def on_postgres(database_url: str) -> bool:
 
 @pytest.fixture
 def requires_postgres(database_url: str) -> None:
-    if not is_postgres_url(database_url):
-        pytest.skip("needs PostgreSQL; CI runs it there")
+    skip_unless_postgres(database_url)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import pytest
 from sqlalchemy.engine import make_url
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -57,3 +58,15 @@ def provide_database(tmp_dir: Path) -> Iterator[str]:
 
 def is_postgres_url(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
+
+
+def skip_unless_postgres(url: str) -> None:
+    """Skip a Postgres-only test on the SQLite pass; fail it where the real services are
+    required and Postgres is not what the suite runs on, so CI can never skip it silently."""
+    if is_postgres_url(url):
+        return
+    if os.environ.get("FLYWHEEL_TEST_REQUIRE_SERVICES") == "1" and (
+        os.environ.get("FLYWHEEL_TEST_SQLITE") != "1"
+    ):
+        pytest.fail("this test needs PostgreSQL, which CI requires, but the suite runs on SQLite")
+    pytest.skip("needs PostgreSQL; the Postgres pass runs it")

@@ -10,7 +10,7 @@ from sqlalchemy import inspect
 from app.all_models import Base
 from app.core.db import create_db_engine
 from app.core.migrate import alembic_config, downgrade, upgrade
-from tests.dbutil import is_postgres_url, scratch_postgres
+from tests.dbutil import scratch_postgres, skip_unless_postgres
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -20,8 +20,7 @@ def empty_database(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrations.db'}"
         return
-    if not is_postgres_url(database_url):
-        pytest.skip("needs PostgreSQL; CI runs it there")
+    skip_unless_postgres(database_url)
     with scratch_postgres(database_url, prefix="flywheel_migrations") as url:
         yield url
 
