@@ -128,7 +128,29 @@ def _all_float(arrays: list[Any]) -> bool:
 def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
     """One array per column with the signature's dtype, then one frame: per-column pandas
     conversions cost ~0.7 ms a column, which dominated single-row predictions."""
+    return _frame(*_column_arrays(payload, signature), signature)
+
+
+def matrix_from_payload(payload: Any, signature: dict[str, Any]) -> np.ndarray[Any, Any] | None:
+    """The rows as one float matrix in the signature's column order when every column is a
+    number (None otherwise)."""
+    arrays, _ = _column_arrays(payload, signature)
+    return np.column_stack(arrays) if _all_float(arrays) else None
+
+
+def features_from_payload(
+    payload: Any, signature: dict[str, Any], *, matrix: bool
+) -> pd.DataFrame | np.ndarray[Any, Any]:
+    """Checked once: a plain float matrix when `matrix` is allowed (a model shown to answer
+    it as it answers the frame) and every column is a number, the frame otherwise. Skipping
+    the frame is the larger part of a one-row prediction."""
     arrays, count = _column_arrays(payload, signature)
+    if matrix and _all_float(arrays):
+        return np.column_stack(arrays)
+    return _frame(arrays, count, signature)
+
+
+def _frame(arrays: list[Any], count: int, signature: dict[str, Any]) -> pd.DataFrame:
     # plain object labels: models check feature names on every call, and iterating pandas 3's
     # Arrow-backed string index costs more than the prediction itself
     names = pd.Index([c["name"] for c in signature["inputs"]], dtype=object)
@@ -137,14 +159,6 @@ def frame_from_payload(payload: Any, signature: dict[str, Any]) -> pd.DataFrame:
     frame = pd.DataFrame(dict(zip(names, arrays, strict=True)), columns=names)
     frame.index = pd.RangeIndex(count)
     return frame
-
-
-def matrix_from_payload(payload: Any, signature: dict[str, Any]) -> np.ndarray[Any, Any] | None:
-    """The rows as one float matrix in the signature's column order when every column is a
-    number (None otherwise): for models shown at load to answer a matrix as they answer a
-    frame, it skips building the frame, the larger part of a one-row prediction."""
-    arrays, _ = _column_arrays(payload, signature)
-    return np.column_stack(arrays) if _all_float(arrays) else None
 
 
 def _array(values: list[Any], kind: str) -> Any:

@@ -26,6 +26,7 @@ from app.core.errors import AppError
 from app.ml.model_files import load_model
 from app.ml.serving_contract import (
     InputError,
+    features_from_payload,
     frame_from_payload,
     matrix_from_payload,
     predict,
@@ -105,8 +106,7 @@ def build_app(loaded: Loaded) -> Starlette:
         started = time.perf_counter()
         try:
             payload = await request.json()
-            matrix = matrix_from_payload(payload, signature) if loaded.takes_matrix else None
-            frame = matrix if matrix is not None else frame_from_payload(payload, signature)
+            frame = features_from_payload(payload, signature, matrix=loaded.takes_matrix)
         except InputError as exc:
             return _error(422, "invalid_input", exc.message, exc.details)
         try:
