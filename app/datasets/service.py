@@ -63,6 +63,12 @@ def read_version(store: ArtifactStore, version: DatasetVersion) -> pd.DataFrame:
     return read_table(store.resolve(version.uri), fmt)
 
 
+def latest_version_id(session: Session, dataset_id: int) -> int | None:
+    return session.scalar(
+        select(func.max(DatasetVersion.id)).where(DatasetVersion.dataset_id == dataset_id)
+    )
+
+
 def latest_version_or_raise(session: Session, name: str) -> DatasetVersion:
     dataset = get_dataset_or_raise(session, name)
     found = session.scalar(

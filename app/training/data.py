@@ -2,7 +2,7 @@
 feedback) or a dataset with a time column, cut by the policy's window and kept as an
 immutable dataset version, so the run's lineage names exactly those rows."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -21,6 +21,7 @@ from app.registry.models import ModelVersion
 from app.training.schemas import DataSpec
 
 DRIFT_REPORT = "drift_report"  # a dynamic window that starts where drift reports turned
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIME = "_time"  # when production rows were answered; never a model input
 ERROR = "_error"  # the served model's error on the row: what dynamic windows watch
 
@@ -99,6 +100,27 @@ def dataset_rows(session: Session, store: ArtifactStore, data: DataSpec) -> pd.D
     if not pd.api.types.is_numeric_dtype(frame[TIME]):
         frame[TIME] = pd.to_datetime(frame[TIME], utc=True, errors="coerce")
     return frame.tail(data.max_rows).reset_index(drop=True)
+
+
+def policy_rows(
+    session: Session,
+    store: ArtifactStore,
+    data: DataSpec,
+    deployment: str,
+    version: ModelVersion,
+    *,
+    now: datetime,
+    after: datetime | None = None,
+) -> pd.DataFrame:
+    """The rows a policy learns from; with `after` (the online cursor) only those that came
+    strictly after it (the row at the cursor was learned already)."""
+    if data.source == "dataset":
+        frame = dataset_rows(session, store, data)
+    else:
+        frame = production_rows(
+            session, deployment, version, since=after or EPOCH, until=now, max_rows=data.max_rows
+        )
+    return frame if after is None else frame[frame[TIME] > after]
 
 
 def original_rows(

@@ -2,7 +2,7 @@
 the champion on the window's holdout, register as `challenger`), then roll the challenger
 out by the deployment's rollout policy; the champion alias moves only when that completes."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +24,6 @@ from app.training.models import PolicyEvaluation, RetrainingPolicy
 from app.training.schemas import DataSpec, TrainingSpec
 from app.training.service import served_version
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 IN_FLIGHT = ("running", "rolling_out")
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -66,16 +65,9 @@ def start(
     assert version.target is not None
     spec = DataSpec.model_validate(policy.data)
     online = evaluation.fired_by == ["online"]
-    if spec.source == "dataset":
-        frame = data.dataset_rows(session, store, spec)
-    else:
-        since = (policy.last_online_row_at if online else None) or EPOCH
-        frame = data.production_rows(
-            session, deployment.name, version, since=since, until=now, max_rows=spec.max_rows
-        )
+    after = policy.last_online_row_at if online else None
+    frame = data.policy_rows(session, store, spec, deployment.name, version, now=now, after=after)
     if online:
-        if policy.last_online_row_at is not None:  # strictly after: that row was learned
-            frame = frame[frame[data.TIME] > policy.last_online_row_at]
         window = {"kind": "last_n", "n": max(len(frame), 1), "include_original": False}
     original = None
     if window.get("include_original"):

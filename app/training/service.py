@@ -13,7 +13,8 @@ from app.core.db import utcnow
 from app.core.durations import parse_duration
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.pagination import PageParams, keyset_page
-from app.datasets.models import Dataset, DatasetVersion
+from app.datasets import service as datasets
+from app.datasets.models import Dataset
 from app.deployments import service as deployments
 from app.deployments.models import Deployment, VariantMode
 from app.ml import training, windows
@@ -197,11 +198,7 @@ def _skip_existing_evidence(
     new_data = policy.triggers.get("new_data")
     if new_data:
         source = data_source(session, new_data["data_source"])
-        policy.last_dataset_version_id = session.scalar(
-            select(func.max(DatasetVersion.id)).where(
-                DatasetVersion.dataset_id == source.dataset_id
-            )
-        )
+        policy.last_dataset_version_id = datasets.latest_version_id(session, source.dataset_id)
 
 
 def create(session: Session, data: PolicyCreate, *, by: Principal) -> RetrainingPolicy:

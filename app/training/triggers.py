@@ -4,14 +4,14 @@ triggers are coalesced into at most one retrain per cooldown, and every evaluati
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.artifacts import ArtifactStore
 from app.core.db import utcnow
 from app.core.durations import parse_duration
 from app.core.errors import Conflict, Unprocessable
-from app.datasets.models import DatasetVersion
+from app.datasets import service as datasets
 from app.deployments.models import Deployment
 from app.events import service as events
 from app.monitoring import service as monitoring
@@ -20,7 +20,7 @@ from app.monitoring.windows import Window
 from app.pipelines import service as pipelines
 from app.training import data, retrain
 from app.training.models import PolicyEvaluation, RetrainingPolicy
-from app.training.schemas import Check, TrainingSpec, TriggerRequest, Triggers
+from app.training.schemas import Check, DataSpec, TrainingSpec, TriggerRequest, Triggers
 from app.training.service import data_source, normalize_window, served_version
 
 
@@ -115,9 +115,7 @@ def _drift(session: Session, policy: RetrainingPolicy, deployment: Deployment) -
 
 def _new_data(session: Session, policy: RetrainingPolicy, source_name: str) -> Check:
     source = data_source(session, source_name)
-    latest = session.scalar(
-        select(func.max(DatasetVersion.id)).where(DatasetVersion.dataset_id == source.dataset_id)
-    )
+    latest = datasets.latest_version_id(session, source.dataset_id)
     seen = policy.last_dataset_version_id
     if latest is None or (seen is not None and latest <= seen):
         return Check(trigger="new_data", fired=False, reason=f"no new version from {source_name!r}")
@@ -131,7 +129,11 @@ def _new_data(session: Session, policy: RetrainingPolicy, source_name: str) -> C
 
 
 def _online(
-    session: Session, policy: RetrainingPolicy, deployment: Deployment, now: datetime
+    session: Session,
+    store: ArtifactStore,
+    policy: RetrainingPolicy,
+    deployment: Deployment,
+    now: datetime,
 ) -> Check:
     """Due at the cadence, and only with enough new labelled rows to be worth a version."""
     due = policy.next_online_at
@@ -140,16 +142,15 @@ def _online(
     every = parse_duration(str(policy.training["publish_every"]), "publish_every")
     policy.next_online_at = now + every
     since = policy.last_online_row_at
-    fresh = data.production_rows(
+    fresh = data.policy_rows(
         session,
+        store,
+        DataSpec.model_validate(policy.data),
         deployment.name,
         served_version(session, deployment),
-        since=since or retrain.EPOCH,
-        until=now,
-        max_rows=int(policy.data.get("max_rows", 200_000)),
+        now=now,
+        after=since,
     )
-    if since is not None:
-        fresh = fresh[fresh[data.TIME] > since]
     needed = int(policy.training.get("min_rows", 100))
     numbers = {"new_rows": len(fresh), "min_rows": needed, "since": since}
     if len(fresh) < needed:
@@ -159,7 +160,9 @@ def _online(
     return Check(trigger="online", fired=True, reason=reason, numbers=numbers)
 
 
-def checks(session: Session, policy: RetrainingPolicy, now: datetime) -> list[Check]:
+def checks(
+    session: Session, store: ArtifactStore, policy: RetrainingPolicy, now: datetime
+) -> list[Check]:
     deployment = session.get(Deployment, policy.deployment_id)
     assert deployment is not None
     triggers = Triggers.model_validate(policy.triggers)
@@ -173,7 +176,7 @@ def checks(session: Session, policy: RetrainingPolicy, now: datetime) -> list[Ch
     if triggers.new_data is not None:
         found.append(_new_data(session, policy, triggers.new_data.data_source))
     if policy.training.get("mode") == "online":
-        found.append(_online(session, policy, deployment, now))
+        found.append(_online(session, store, policy, deployment, now))
     return found
 
 
@@ -207,7 +210,7 @@ def evaluate(
     (cooldown, a retrain running, no rows) is refused instead, and nothing is written."""
     now = now or utcnow()
     if manual is None:
-        found = checks(session, policy, now)
+        found = checks(session, store, policy, now)
     else:
         found = [Check(trigger="manual", fired=True, reason=f"requested by {by}")]
     fired = [c.trigger for c in found if c.fired]
