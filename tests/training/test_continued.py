@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -144,3 +145,29 @@ def test_online_policy_applies_only_new_labelled_rows_with_partial_fit_at_its_ca
     assert second["window"]["rows"] == 60  # only what arrived since the last update
     again = task_outputs(served, second["pipeline_run_id"], "train")
     assert again["parent_version"] == published
+
+
+def test_an_online_policy_on_a_dataset_source_counts_that_datasets_new_rows(
+    served: TestClient, jobs: InlineJobs, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    serve(served, tmp_path, jobs, "sklearn.linear_model.SGDClassifier", loss="log_loss")
+    rows = frame(80, seed=14)
+    rows["ts"] = pd.date_range("2026-11-01", periods=80, freq="h", tz="UTC").astype(str)
+    Registry(served, tmp_path).dataset_version(rows, name="stream")
+    policy = served.post(
+        URL,
+        json={
+            "name": "online-stream",
+            "deployment": "churn",
+            "pipeline": "more",
+            "data": {"source": "dataset", "dataset": "stream", "time_column": "ts"},
+            "training": {"mode": "online", "publish_every": "10m", "min_rows": 50},
+        },
+    ).json()
+    with unit_of_work(session_factory) as session:
+        stored = session.get(RetrainingPolicy, policy["id"])
+        assert stored is not None and stored.next_online_at is not None
+        triggers.tick(session, jobs.ctx.artifacts, stored, now=stored.next_online_at)
+    last = evaluations(served, policy["id"])[-1]
+    assert last["outcome"] == "fired" and last["fired_by"] == ["online"], last
+    assert last["checks"][0]["numbers"]["new_rows"] == 80 and last["window"]["rows"] == 80
