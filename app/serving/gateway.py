@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
@@ -38,6 +37,7 @@ from app.ml.serving_contract import InputError, check_payload
 from app.registry.models import ModelVersion, RegisteredModel
 from app.serving import protocol
 from app.serving.autoscaler import Autoscaler
+from app.serving.hop import Hop, ReplicaGone
 from app.serving.launcher import Launcher, ReplicaProcess
 from app.serving.routing import Lane, Replica, choose, least_outstanding
 from app.serving.served import Served, describe
@@ -45,7 +45,6 @@ from app.serving.telemetry import Observation, Telemetry, write
 
 logger = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
-JSON_HEADERS = {"content-type": "application/json"}
 FLUSH_SECONDS = 1.0
 
 
@@ -72,21 +71,18 @@ class Gateway:
         self.session_factory = session_factory
         self.served: dict[str, Served] = {}
         self.rng = random.Random()  # noqa: S311 - traffic splitting, not security
-        self._http: aiohttp.ClientSession | None = None
+        self._hop: Hop | None = None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.telemetry = Telemetry(self.id)
         self.background: set[asyncio.Task[None]] = set()
         self.launcher = Launcher()
 
     @property
-    def http(self) -> aiohttp.ClientSession:
-        """The client for the replica hop, made in the event loop that uses it. aiohttp, not
-        httpx: httpx/httpcore/anyio took over half of the gateway's CPU per request."""
-        if self._http is None:
-            connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=None)
-            timeout = aiohttp.ClientTimeout(total=30)
-            self._http = aiohttp.ClientSession(connector=connector, timeout=timeout)
-        return self._http
+    def hop(self) -> Hop:
+        """Connections to the replicas, made in the event loop that uses them."""
+        if self._hop is None:
+            self._hop = Hop(limit=64, timeout=30.0)
+        return self._hop
 
     def spawn(self, work: Any) -> None:
         """Run a coroutine beside the request; held here so it is not collected midway."""
@@ -253,12 +249,10 @@ class Gateway:
     ) -> None:
         """Ready when its health check answers; spawn-to-ready is the cold start, recorded."""
         deadline = time.monotonic() + READY_TIMEOUT
-        url = f"http://127.0.0.1:{replica.port}/health"
         while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with self.http.get(url) as health:
-                    healthy = health.status == 200
-                if healthy:
+            with contextlib.suppress(ReplicaGone, TimeoutError):
+                status, _ = await self.hop.request(replica.port, "GET", "/health")
+                if status == 200:
                     replica.ready_at = time.monotonic()
                     replica.ready = True
                     seconds = replica.ready_at - replica.started_at
@@ -307,8 +301,9 @@ class Gateway:
             self.stop(served)
         self.served.clear()
         self.launcher.close()
-        if self._http is not None:
-            await self._http.close()
+        if self._hop is not None:
+            self._hop.close()
+            self._hop = None
         self.telemetry.replica_rows = None
         with contextlib.suppress(Exception):  # best effort: the database may be gone too
             await self.flush()
@@ -353,10 +348,8 @@ class Gateway:
                 return Answer(503, {"error": {"code": "no_replica", "message": message}}, None)
             replica.in_flight += 1
             try:
-                url = f"http://127.0.0.1:{replica.port}{path}"
-                async with self.http.post(url, data=content, headers=JSON_HEADERS) as response:
-                    status, answered = response.status, await response.read()
-            except (TimeoutError, aiohttp.ClientConnectionError):
+                status, answered = await self.hop.request(replica.port, "POST", path, content)
+            except (TimeoutError, ReplicaGone):
                 self._drop(served, lane, replica)
                 if attempt == 1:
                     continue
