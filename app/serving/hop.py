@@ -98,6 +98,8 @@ class Hop:
                     raise
                 if connection.reusable and not connection.closed:
                     self.idle[port].append(connection)
+                elif connection.transport is not None:
+                    connection.transport.close()  # "Connection: close": the client closes too
                 return answer
 
     def _take(self, port: int) -> tuple[bool, _Connection | None]:
