@@ -382,7 +382,8 @@ class Gateway:
         """A shadow copy: answered and recorded, never returned."""
         started = time.perf_counter()
         answer = await self.forward(served, lane, payload, raw=raw)
-        self._observe(served, lane, request_id, answer, started, payload, shadow=True)
+        logged = raw if raw is not None else payload
+        self._observe(served, lane, request_id, answer, started, logged, shadow=True)
 
     def _observe(
         self,
@@ -391,9 +392,10 @@ class Gateway:
         request_id: str,
         answer: Answer,
         started: float,
-        payload: Any,
+        inputs: Any,
         shadow: bool = False,
     ) -> None:
+        """`inputs`: the request's JSON value, or its body's bytes when forwarded as received."""
         body = answer.body
         outputs = None
         if answer.status == 200:
@@ -410,7 +412,7 @@ class Gateway:
                 shadow,
                 answer.replica,
             ),
-            inputs=payload,
+            inputs=inputs,
             outputs=outputs if answer.status == 200 else body.get("error"),
             sample_rate=served.log_sample_rate,
         )
@@ -535,7 +537,7 @@ async def _serve(
         if other is not lane and (other.mode == "shadow" or other.mirror):
             gateway.spawn(gateway.mirror(served, other, payload, request_id, wire))
     answer = await gateway.forward(served, lane, payload, raw=wire)
-    gateway._observe(served, lane, request_id, answer, started, payload)
+    gateway._observe(served, lane, request_id, answer, started, wire or payload)
     if answer.status != 200:
         return JSONResponse(answer.body, status_code=answer.status, headers=headers)
     body = {

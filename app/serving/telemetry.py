@@ -6,6 +6,8 @@ rollup rows of the minutes that changed and replaces this gateway's replica rows
 transaction on a worker thread."""
 
 import hashlib
+import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,8 +15,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
-from sqlalchemy import delete, insert
+from sqlalchemy import Text, bindparam, cast, delete, insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.core.db import upsert
 from app.deployments.models import Replica
@@ -25,6 +28,34 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 COLD_START_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60)
 LOG_CAPACITY = 20_000
 KEEP_MINUTES = timedelta(minutes=2)
+
+
+def json_text(value: Any) -> str | None:
+    """A logged document as JSON text, encoded when the request is seen, on the event loop,
+    so the flush thread only binds strings (encoding there held the GIL in long stretches that
+    stalled requests). Bytes are a request body as received: it parsed as JSON, so it is kept
+    as it is. NaN and infinities, which requests may send as missing values, become null:
+    PostgreSQL's json refuses them, and one such row failed a whole second of logs."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        if b"NaN" not in value and b"Infinity" not in value:
+            return value.decode()
+        value = json.loads(value)
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -156,6 +187,7 @@ class Telemetry:
     def observe(
         self, seen: Observation, inputs: Any = None, outputs: Any = None, sample_rate: float = 1.0
     ) -> None:
+        """`inputs` and `outputs`: JSON values, or a JSON body's bytes as received."""
         code = f"{seen.status // 100}xx"
         self.requests.labels(seen.deployment, seen.variant, code, str(seen.shadow).lower()).inc()
         counts = self._minute(seen.deployment, seen.variant)
@@ -198,8 +230,8 @@ class Telemetry:
                 "status": seen.status,
                 "total_ms": round(seen.total_ms, 3),
                 "model_ms": seen.model_ms,
-                "inputs": inputs,
-                "outputs": outputs,
+                "inputs": json_text(inputs),
+                "outputs": json_text(outputs),
                 "created_at": datetime.now(UTC),
             }
         )
@@ -251,6 +283,17 @@ class Telemetry:
         return Pending(logs, rollups, replicas)
 
 
+def _log_insert(dialect: str) -> Any:
+    """Inputs and outputs arrive as JSON text: bound as text (cast to json on PostgreSQL; on
+    SQLite a JSON column is text already), not encoded again by the column's JSON type."""
+
+    def document(name: str) -> ColumnElement[Any]:
+        text = bindparam(name, type_=Text)
+        return cast(text, PredictionLog.__table__.c[name].type) if dialect == "postgresql" else text
+
+    return insert(PredictionLog).values(inputs=document("inputs"), outputs=document("outputs"))
+
+
 def _copy(value: Any) -> Any:
     return (
         list(value)
@@ -263,7 +306,7 @@ def _copy(value: Any) -> Any:
 
 def write(session: Session, gateway_id: str, pending: Pending) -> None:
     if pending.logs:  # Core, not the ORM's bulk path: plain rows, nothing to track
-        session.connection().execute(insert(PredictionLog), pending.logs)
+        session.connection().execute(_log_insert(session.get_bind().dialect.name), pending.logs)
     if pending.rollups:
         keys = ["deployment", "variant", "minute", "gateway"]
         columns = [k for k in pending.rollups[0] if k not in keys]

@@ -57,3 +57,35 @@ def test_sampling_is_decided_by_request_id() -> None:
     assert 0.17 < sum(kept) / 5000 < 0.23
     assert kept == [sampled(f"request-{i}", 0.2) for i in range(5000)]  # live and shadow agree
     assert all(sampled(f"request-{i}", 1.0) for i in range(10))
+
+
+def test_missing_values_sent_as_nan_do_not_fail_the_flush(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """NaN is a missing value to the model but not JSON to PostgreSQL: one such request made
+    the whole second's insert fail, losing every log and rollup in it."""
+    telemetry = Telemetry("g3")
+    telemetry.observe(
+        Observation("d", "v", 1, "nan", 200, 2.0, 1.0),
+        inputs={"rows": [{"a": float("nan"), "b": [float("inf"), 1.5]}]},
+        outputs={"predictions": [0]},
+    )
+    raw = b'{"rows": [{"a": NaN, "b": 2}]}'
+    telemetry.observe(
+        Observation("d", "v", 1, "raw-nan", 200, 2.0, 1.0), inputs=raw, outputs={"p": [1]}
+    )
+    telemetry.observe(
+        Observation("d", "v", 1, "raw", 200, 2.0, 1.0), inputs=b'{"rows": [{"a": "\xc3\xa9"}]}'
+    )
+    flush(telemetry, session_factory)
+    with session_factory() as session:
+        logs = session.execute(
+            select(PredictionLog.request_id, PredictionLog.inputs, PredictionLog.outputs).order_by(
+                PredictionLog.id
+            )
+        ).all()
+    assert [tuple(row) for row in logs] == [
+        ("nan", {"rows": [{"a": None, "b": [None, 1.5]}]}, {"predictions": [0]}),
+        ("raw-nan", {"rows": [{"a": None, "b": 2}]}, {"p": [1]}),
+        ("raw", {"rows": [{"a": "é"}]}, None),
+    ]
