@@ -86,9 +86,14 @@ def check_payload(payload: Any, signature: dict[str, Any]) -> tuple[list[str] | 
             if not column["nullable"]:
                 raise InputError(f"missing required column {name!r}", {"column": name})
             continue
-        position = columns.index(name) if columns is not None else None
-        for index, row in enumerate(rows):
-            value = row[position] if position is not None else row.get(name)
+        if columns is None:
+            values = [row.get(name) for row in rows]
+        else:
+            position = columns.index(name)
+            values = [row[position] for row in rows]
+        for index, value in enumerate(values):
+            if value.__class__ is float and kind == "float" and math.isfinite(value):
+                continue  # the common case, checked without a call
             if isinstance(value, float) and math.isnan(value):
                 value = None
             if value is None and not column["nullable"]:
@@ -108,6 +113,9 @@ def _column_arrays(payload: Any, signature: dict[str, Any]) -> tuple[list[Any], 
     """The checked rows as one array per signature column (in its order), and the row count."""
     columns, rows = check_payload(payload, signature)
     inputs = signature["inputs"]
+    if _only_floats(signature):  # one conversion for the whole table, not one per column
+        table = _float_table(columns, rows, [c["name"] for c in inputs])
+        return list(table.T), len(rows)
     if columns is None:
         values = {c["name"]: [row.get(c["name"]) for row in rows] for c in inputs}
     else:
@@ -119,6 +127,24 @@ def _column_arrays(payload: Any, signature: dict[str, Any]) -> tuple[list[Any], 
             for c in inputs
         }
     return [_array(values[c["name"]], c["type"]) for c in inputs], len(rows)
+
+
+def _only_floats(signature: dict[str, Any]) -> bool:
+    return all(c["type"] == "float" for c in signature["inputs"])
+
+
+def _float_table(
+    columns: list[str] | None, rows: list[Any], names: list[str]
+) -> np.ndarray[Any, Any]:
+    """Checked float rows as a (rows x columns) float64 matrix; numpy reads None as NaN."""
+    if columns is None:
+        table = [[row.get(name) for name in names] for row in rows]
+    elif columns == names:
+        table = rows
+    else:
+        position = {name: index for index, name in enumerate(columns)}
+        table = [[row[position[n]] if n in position else None for n in names] for row in rows]
+    return np.array(table, dtype=np.float64).reshape(len(rows), len(names))
 
 
 def _all_float(arrays: list[Any]) -> bool:
@@ -144,6 +170,9 @@ def features_from_payload(
     """Checked once: a plain float matrix when `matrix` is allowed (a model shown to answer
     it as it answers the frame) and every column is a number, the frame otherwise. Skipping
     the frame is the larger part of a one-row prediction."""
+    if matrix and _only_floats(signature):
+        columns, rows = check_payload(payload, signature)
+        return _float_table(columns, rows, [c["name"] for c in signature["inputs"]])
     arrays, count = _column_arrays(payload, signature)
     if matrix and _all_float(arrays):
         return np.column_stack(arrays)

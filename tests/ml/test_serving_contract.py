@@ -1,8 +1,15 @@
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from app.ml.serving_contract import InputError, check_payload, frame_from_payload
+from app.ml.serving_contract import (
+    InputError,
+    check_payload,
+    features_from_payload,
+    frame_from_payload,
+)
 
 SIGNATURE = {
     "inputs": [
@@ -86,3 +93,35 @@ def test_one_probability_call_gives_the_same_predictions_as_predict() -> None:
         result = predict(model, frame, signature)
         assert result["predictions"] == model.predict(frame).tolist()
         assert result["classes"] == ["no", "yes"] and len(result["probabilities"]) == 300
+
+
+def test_an_all_float_signature_converts_every_shape_to_the_same_table() -> None:
+    """Float-only signatures take one conversion for the whole table: rows with missing keys,
+    integers, None and NaN, and dataframe_split in any column order or with columns left out
+    give the same matrix and frame as the per-column path."""
+    signature = {
+        "inputs": [{"name": n, "type": "float", "nullable": True} for n in ("a", "b", "c")],
+        "output": {"kind": "regression"},
+    }
+    expected = np.array([[1.0, np.nan, 3.5], [np.nan, 2.0, np.nan]])
+
+    def split(columns: list[str], data: list[list[float | None]]) -> dict[str, Any]:
+        return {"dataframe_split": {"columns": columns, "data": data}}
+
+    payloads = [
+        {"rows": [{"a": 1, "c": 3.5, "b": None}, {"b": 2, "c": float("nan")}]},
+        split(["c", "a", "b"], [[3.5, 1, None], [None, None, 2]]),
+        split(["a", "b", "c"], [[1, None, 3.5], [None, 2, None]]),
+        split(["b", "a"], [[None, 1], [2, None]]),
+    ]
+    for payload in payloads[:3]:
+        matrix = features_from_payload(payload, signature, matrix=True)
+        assert isinstance(matrix, np.ndarray) and matrix.dtype == np.float64
+        np.testing.assert_array_equal(matrix, expected)
+        frame = frame_from_payload(payload, signature)
+        assert list(frame.columns) == ["a", "b", "c"] and (frame.dtypes == np.float64).all()
+        np.testing.assert_array_equal(frame.to_numpy(), expected)
+    partial = features_from_payload(payloads[3], signature, matrix=True)
+    np.testing.assert_array_equal(partial, [[1.0, np.nan, np.nan], [np.nan, 2.0, np.nan]])
+    with pytest.raises(InputError, match="column 'a' expects float"):
+        features_from_payload({"rows": [{"a": True}]}, signature, matrix=True)
