@@ -1,4 +1,4 @@
-"""The data plane: `POST /serve/{deployment}/predict` and the Open Inference Protocol.
+"""The gateway: the process behind the data plane (its routes: `app.serving.data_plane`).
 
 A reconcile loop reads the desired state (deployments) from the database and starts or stops
 replica processes to match, changing weights in place so a rollout step costs no restart;
@@ -18,11 +18,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -33,14 +33,14 @@ from app.core.config import Settings
 from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.deployments.models import Deployment
 from app.deployments.models import Replica as ReplicaRow
-from app.ml.serving_contract import InputError, check_payload
 from app.registry.models import ModelVersion, RegisteredModel
 from app.serving import protocol
 from app.serving.autoscaler import Autoscaler
+from app.serving.data_plane import DataPlane
 from app.serving.hop import Hop, ReplicaGone
 from app.serving.launcher import Launcher, ReplicaProcess
-from app.serving.routing import Lane, Replica, choose, least_outstanding
-from app.serving.served import Served, describe
+from app.serving.routing import Lane, Replica, least_outstanding
+from app.serving.served import Answer, Served, describe
 from app.serving.telemetry import Observation, Telemetry, write
 
 logger = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ def _free_port() -> int:
 
 def _wall(monotonic: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=time.monotonic() - monotonic)
-
-
-@dataclass
-class Answer:
-    status: int
-    body: dict[str, Any]
-    replica: int | None
 
 
 class Gateway:
@@ -418,16 +411,6 @@ class Gateway:
         )
 
 
-def _unit(served: Served, request: Request, payload: Any) -> str | None:
-    if served.unit_key is None:
-        return None
-    header = request.headers.get(served.unit_key)
-    if header is not None:
-        return header
-    value = payload.get(served.unit_key) if isinstance(payload, dict) else None
-    return None if value is None else str(value)
-
-
 def create_gateway(
     settings: Settings, session_factory: sessionmaker[Session] | None = None, interval: float = 2.0
 ) -> FastAPI:
@@ -480,75 +463,5 @@ def create_gateway(
             return protocol.error(404, "not_found", message, "")
         return JSONResponse(describe(served))
 
-    # The data plane as plain Starlette routes: FastAPI's parameter resolution and its
-    # per-request bookkeeping cost more than the routing itself here (7% of the gateway's CPU).
-    def data_plane(kind: str) -> Any:
-        async def endpoint(request: Request) -> JSONResponse:
-            return await _serve(gateway, request.path_params["deployment"], request, kind)
-
-        return endpoint
-
-    # Open Inference Protocol: one input tensor per column, answered as output tensors.
-    app.add_route("/v2/models/{deployment}/infer", data_plane("v2"), methods=["POST"])
-    app.add_route("/serve/{deployment}/predict", data_plane("flywheel"), methods=["POST"])
-    # SHAP values from the version that serves this request's variant (same routing, same
-    # stickiness); not mirrored and not logged as a prediction.
-    app.add_route("/serve/{deployment}/explain", data_plane("explain"), methods=["POST"])
+    app.add_middleware(DataPlane, gateway=gateway)  # the prediction routes, ahead of FastAPI
     return app
-
-
-async def _serve(
-    gateway: Gateway, deployment: str, request: Request, protocol: str = "flywheel"
-) -> JSONResponse:
-    started = time.perf_counter()
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    served = gateway.served.get(deployment)
-    if served is None or not served.lanes:
-        message = f"deployment {deployment!r} is not served here"
-        return _error(404, "not_found", message, request_id)
-    try:
-        raw = await request.body()
-        payload = json.loads(raw)
-    except ValueError:
-        return _error(400, "invalid_json", "the body is not valid JSON", request_id)
-    lane = choose(deployment, served.lanes, _unit(served, request, payload), gateway.rng)
-    headers = {
-        "X-Request-Id": request_id,
-        "X-Flywheel-Variant": lane.name,
-        "X-Flywheel-Model-Version": f"{lane.model}/{lane.version}",
-    }
-    try:
-        if protocol == "v2":
-            payload = _from_v2(payload)
-        check_payload(payload, lane.signature)
-    except InputError as exc:
-        answer = Answer(422, {"error": {"code": "invalid_input", "message": exc.message}}, None)
-        gateway._observe(served, lane, request_id, answer, started, None)
-        return _error(422, "invalid_input", exc.message, request_id, exc.details, headers)
-    if protocol == "explain":
-        answer = await gateway.forward(served, lane, payload, "/explain")
-        return JSONResponse(
-            {"request_id": request_id, "variant": lane.name, **answer.body},
-            status_code=answer.status,
-            headers=headers,
-        )
-    wire = raw if protocol == "flywheel" else None  # forwarded as received, not re-encoded
-    for other in served.lanes:
-        if other is not lane and (other.mode == "shadow" or other.mirror):
-            gateway.spawn(gateway.mirror(served, other, payload, request_id, wire))
-    answer = await gateway.forward(served, lane, payload, raw=wire)
-    gateway._observe(served, lane, request_id, answer, started, wire or payload)
-    if answer.status != 200:
-        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
-    body = {
-        "request_id": request_id,
-        "deployment": deployment,
-        "variant": lane.name,
-        "model": lane.model,
-        "model_version": lane.version,
-        **answer.body,
-    }
-    return JSONResponse(_to_v2(body, request_id) if protocol == "v2" else body, headers=headers)
-
-
-_from_v2, _to_v2, _error = protocol.from_v2, protocol.to_v2, protocol.error

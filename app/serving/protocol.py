@@ -67,7 +67,12 @@ def error(
     details: Any = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(
-        body, status_code=status, headers={"X-Request-Id": request_id, **(headers or {})}
+        error_body(code, message, details),
+        status_code=status,
+        headers={"X-Request-Id": request_id, **(headers or {})},
     )
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}

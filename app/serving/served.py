@@ -9,6 +9,15 @@ from app.serving.routing import Lane
 
 
 @dataclass
+class Answer:
+    """What a replica answered (or the gateway in its place), and which replica."""
+
+    status: int
+    body: dict[str, Any]
+    replica: int | None
+
+
+@dataclass
 class Served:
     id: int
     name: str

@@ -1,5 +1,6 @@
 """The gateway with real replica processes over real HTTP, on a committed database."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -44,6 +45,21 @@ def test_predictions_route_validate_and_stick(stack: dict[str, Any]) -> None:
         )
         assert wrong.status_code == 422 and "age" in wrong.json()["error"]["message"]
         assert http.post("/serve/nope/predict", json={"rows": []}).status_code == 404
+
+        # the data plane reads and writes HTTP itself: the edges of that
+        given = http.post(
+            "/serve/churn/predict", json={"rows": rows(frame, 1)}, headers={"x-request-id": "r-1"}
+        )
+        assert given.headers["x-request-id"] == "r-1" == given.json()["request_id"]
+        broken = http.post("/serve/churn/predict", content=b"{not json")
+        assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+        assert broken.headers["x-request-id"]
+        assert http.get("/serve/churn/predict").status_code == 405
+        whole = json.dumps({"rows": rows(frame, 2)}).encode()
+        chunked = http.post(  # several body messages (chunked transfer encoding)
+            "/serve/churn/predict", content=iter([whole[:10], whole[10:50], whole[50:]])
+        )
+        assert chunked.status_code == 200 and len(chunked.json()["predictions"]) == 2
 
         variants = [
             http.post("/serve/churn/predict", json={"rows": rows(frame, 1)}).json()["variant"]

@@ -1,0 +1,44 @@
+"""Reading a request body and writing a JSON answer on bare ASGI, for the routes every
+prediction takes (the gateway's data plane, a replica's /predict): Starlette's request and
+response objects and routing cost more there than the work they wrap."""
+
+import json
+from typing import Any
+
+from starlette.types import Message, Receive, Send
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: nothing to answer."""
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_json(
+    send: Send, status: int, body: Any, headers: dict[str, str] | None = None
+) -> None:
+    # rendered as Starlette's JSONResponse renders it
+    content = json.dumps(
+        body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+    fields = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": fields})
+    await send({"type": "http.response.body", "body": content})
+
+
+async def refuse_method(send: Send) -> None:
+    """A route that only takes POST, asked with another method (Starlette's answer to that)."""
+    await send_json(send, 405, {"detail": "Method Not Allowed"}, {"Allow": "POST"})
