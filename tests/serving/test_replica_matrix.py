@@ -7,9 +7,10 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from starlette.testclient import TestClient
 
 from app.ml.serving_contract import frame_from_payload, matrix_from_payload, predict
-from app.serving.replica import Loaded, takes_matrix
+from app.serving.replica import Loaded, build_app, takes_matrix
 
 COLUMNS = ["a", "b", "c"]
 SIGNATURE = {
@@ -54,3 +55,28 @@ def test_text_columns_or_no_background_keep_frames() -> None:
     frame, y = data()
     model = LogisticRegression().fit(frame, y)
     assert not takes_matrix(Loaded(model, SIGNATURE, "m", 1, None))
+
+
+def test_the_replicas_predict_route_answers_and_refuses_over_asgi() -> None:
+    """/predict is bare ASGI in front of the Starlette app: its answers and refusals, and the
+    routes behind it, through the app as uvicorn drives it."""
+    frame, y = data()
+    model = LogisticRegression().fit(frame, y)
+    replica = loaded(model, frame)
+    replica.takes_matrix = takes_matrix(replica)
+    row = {"a": 0.3, "b": -1.2, "c": 2.0}
+    with TestClient(build_app(replica)) as http:
+        answer = http.post("/predict", json={"rows": [row]})
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+        body = answer.json()
+        assert body["predictions"] == model.predict(pd.DataFrame([row])).tolist()
+        assert body["model_latency_ms"] > 0
+        wrong = http.post("/predict", json={"rows": [{"a": "x", "b": 1, "c": 1}]})
+        assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "invalid_input"
+        broken = http.post("/predict", content=b"{nope")
+        assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+        assert (
+            http.post("/predict", json={"rows": [{"a": None, "b": 1, "c": 1}]}).status_code == 422
+        )
+        assert http.get("/predict").status_code == 405
+        assert http.get("/health").json() == {"status": "ready"}
