@@ -86,7 +86,7 @@ async def serve(
     forwarded to a replica, measured. `kind`: flywheel (predict), v2 (OIP infer) or explain."""
     started = time.perf_counter()
     given_id = headers.get(b"x-request-id")
-    request_id = given_id.decode("latin-1") if given_id else os.urandom(16).hex()  # uuid4: 7x
+    request_id = given_id.decode("latin-1") if given_id else new_request_id()
     served = gateway.served.get(deployment)
     if served is None or not served.lanes:
         message = f"deployment {deployment!r} is not served here"
@@ -130,6 +130,14 @@ async def serve(
         **answer.body,
     }
     return Reply(200, protocol.to_v2(body, request_id) if kind == "v2" else body, reply_headers)
+
+
+def new_request_id() -> str:
+    """32 hex characters, time-ordered like a UUIDv7: milliseconds since the epoch, then 80
+    random bits. Prediction logs are indexed by request id; random ids (uuid4) land all over
+    that index, and at half a million logged rows an insert of one second's logs cost five
+    times what ordered ids cost (SQLite; PostgreSQL's B-trees behave the same way)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def _unit(served: Served, headers: dict[bytes, bytes], payload: Any) -> str | None:
