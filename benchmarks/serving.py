@@ -61,6 +61,7 @@ from serving_measure import (  # noqa: E402 - the benchmarks folder is the scrip
     CPUS,
     FEATURES,
     JSON,
+    LOGGED,
     MAX_ITER,
     NO_LOGGING,
     TARGET,
@@ -310,6 +311,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale-limit", type=float, default=60, help="give up after (s)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip mlflow models serve")
     parser.add_argument(
+        "--logging-pairs",
+        type=int,
+        default=3,
+        help="logging on/off measured this many times, alternately, per level (its cost is "
+        "the median of the pairs: one pair is within the run-to-run noise)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the gateway and its replica under the top concurrency (needs py-spy in "
@@ -368,6 +376,7 @@ def main() -> None:
     print("share them (other work skews timings; see the CPU columns)")
     levels = sorted(set(args.concurrency))
     rows: list[dict[str, Any]] = []
+    repeats: list[dict[str, Any]] = []  # more logging on/off pairs, not in the table
     document: dict[str, Any] = {"measured_at": datetime.now(UTC).isoformat()}
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flywheel-serve-")))
@@ -398,7 +407,7 @@ def main() -> None:
         plain.write_text(WRK_SCRIPT % body.decode())
         systems: list[System] = [
             ("bare uvicorn", bare, f"{bare_url}/predict", plain),
-            ("gateway, 1 replica", gw_server, f"{gateway}/serve/lr1/predict", plain),
+            (LOGGED, gw_server, f"{gateway}/serve/lr1/predict", plain),
             ("gateway, 2 replicas", gw_server, f"{gateway}/serve/lr2/predict", plain),
             (NO_LOGGING, gw_server, f"{gateway}/serve/lr1q/predict", plain),
         ]
@@ -424,6 +433,13 @@ def main() -> None:
         for level in levels:  # systems interleaved per level: drift hits all alike
             for name, server, target, script in systems:
                 rows.append(measure(name, server, target, script, level, args, everyone))
+        paired = [s for s in systems if s[0] in (LOGGED, NO_LOGGING)]
+        if args.logging_pairs > 1:
+            print(f"\nprediction logging on/off, {args.logging_pairs - 1} more alternating pairs:")
+        for level in levels:
+            for _ in range(args.logging_pairs - 1):
+                for name, server, target, script in paired:
+                    repeats.append(measure(name, server, target, script, level, args, everyone))
 
         settle(everyone)
         print("\ngateway overhead (sequential, http.client keep-alive):")
@@ -457,7 +473,7 @@ def main() -> None:
                 print_profile(profiles[who])
             document["profiles"] = profiles
 
-    checks = verdicts(rows, over, cold, step, mlflow_reason)
+    checks = verdicts(rows, over, cold, step, mlflow_reason, repeats)
     total = time.perf_counter() - began
     print(f"\n{markdown(rows, checks)}\n")
     if mlflow_reason:
@@ -490,6 +506,7 @@ def main() -> None:
             "versions": mlflow and mlflow["versions"],
         },
         "throughput": rows,
+        "logging_pairs": repeats,
         "overhead": over,
         "cold_start": cold,
         "scale_up": step,

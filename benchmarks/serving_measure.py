@@ -23,10 +23,14 @@ TARGET, MAX_ITER = "label", 1000  # the label column; the estimator's max_iter
 # Targets, all at concurrency 32 where a concurrency applies.
 VS_BARE_TARGET, VS_MLFLOW_TARGET, P99_TARGET_MS = 0.5, 1.5, 30.0
 OVERHEAD_TARGET_MS, COLD_START_TARGET_S, SCALE_UP_TARGET_S = 1.0, 2.0, 15.0
+# The p99 target as a ratio to the bare app's p99 in the same run: the issue set 30 ms where
+# the bare app had 9 ms on the machine it measured; on a slower one the bare app alone may
+# take more than 30 ms, and the absolute figure judges the machine, not the gateway.
+P99_VS_BARE_TARGET = round(P99_TARGET_MS / 9.0, 1)
 TICK, CPUS = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
 BIN = Path(sys.executable).parent
 LOGGING_COST_TARGET = 0.10  # prediction logging may cost at most this share of throughput
-NO_LOGGING = "gateway, 1 replica, no logging"
+LOGGED, NO_LOGGING = "gateway, 1 replica", "gateway, 1 replica, no logging"
 OVERHEAD_WARMUP = 100  # requests not counted in the overhead measurement
 JSON = {"Content-Type": "application/json"}
 CONTENDED_CORES = 0.25  # other work above this during a row makes that row suspect
@@ -375,6 +379,7 @@ def verdicts(
     cold: dict[str, Any],
     step: dict[str, Any],
     mlflow_reason: str | None,
+    repeats: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     at = {(r["system"], r["concurrency"]): r for r in rows}
     top = max(r["concurrency"] for r in rows)
@@ -416,16 +421,26 @@ def verdicts(
             gw["p99_ms"],
             f"<= {P99_TARGET_MS:g} ms",
             gw["p99_ms"] <= P99_TARGET_MS,
+            f"the bare app's own p99 in this run: {bare['p99_ms']:.1f} ms",
+        )
+        ratio = round(gw["p99_ms"] / bare["p99_ms"], 2)
+        add(
+            f"{label}: p99 vs bare's p99, c={top}",
+            ratio,
+            f"<= {P99_VS_BARE_TARGET:g}x (30 ms / 9 ms)",
+            ratio <= P99_VS_BARE_TARGET,
         )
     for level in sorted({r["concurrency"] for r in rows}):
-        logged, quiet = at.get(("gateway, 1 replica", level)), at.get((NO_LOGGING, level))
-        if logged and quiet and quiet["rps"]:
-            cost = round(1 - logged["rps"] / quiet["rps"], 3)
+        costs = logging_costs([*rows, *(repeats or [])], level)
+        if costs:
+            cost = round(float(np.median(costs)), 3)
             add(
                 f"prediction logging: throughput lost, c={level}",
                 cost,
                 f"<= {LOGGING_COST_TARGET:.0%}",
                 cost <= LOGGING_COST_TARGET,
+                f"median of {len(costs)} alternating pairs: "
+                + ", ".join(f"{c:+.1%}" for c in costs),
             )
     value = over["overhead_p50_ms"]
     add(
@@ -451,6 +466,13 @@ def verdicts(
     return found
 
 
+def logging_costs(rows: list[dict[str, Any]], level: int) -> list[float]:
+    """1 - logged/unlogged req/s of each on/off pair at this level, in measuring order."""
+    on = [r["rps"] for r in rows if r["system"] == LOGGED and r["concurrency"] == level]
+    off = [r["rps"] for r in rows if r["system"] == NO_LOGGING and r["concurrency"] == level]
+    return [round(1 - a / b, 3) for a, b in zip(on, off, strict=False) if b]
+
+
 def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     lines = [
         "| system | c | req/s | p50 ms | p99 ms | errors | server cores | wrk cores "
@@ -468,4 +490,5 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
         verdict = {True: "PASS", False: "MISS", None: "n/a"}[c["met"]]
         value = "-" if c["value"] is None else f"{c['value']:g}"
         lines.append(f"| {c['measurement']} | {value} | {c['target']} | {verdict} |")
-    return "\n".join(lines)
+    notes = [f"- {c['measurement']}: {c['note']}" for c in checks if c.get("note")]
+    return "\n".join([*lines, *(["", *notes] if notes else [])])
