@@ -12,7 +12,6 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.ml.serving_contract import InputError, check_payload
 from app.serving import protocol
 from app.serving.asgi import ClientGone, read_body, refuse_method, send_json
+from app.serving.protocol import Reply
 from app.serving.routing import choose
 from app.serving.served import Answer, Served
 
@@ -29,13 +29,6 @@ if TYPE_CHECKING:
 ROUTES = re.compile(
     r"/(?:serve/(?P<served>[^/]+)/(?P<kind>predict|explain)|v2/models/(?P<model>[^/]+)/infer)"
 )
-
-
-@dataclass
-class Reply:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -64,21 +57,6 @@ class DataPlane:
         await send_json(send, reply.status, reply.body, reply.headers)
 
 
-def _error(
-    status: int,
-    code: str,
-    message: str,
-    request_id: str,
-    details: Any = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    return Reply(
-        status,
-        protocol.error_body(code, message, details),
-        {"X-Request-Id": request_id, **(headers or {})},
-    )
-
-
 async def serve(
     gateway: "Gateway", deployment: str, kind: str, headers: dict[bytes, bytes], raw: bytes
 ) -> Reply:
@@ -90,11 +68,11 @@ async def serve(
     served = gateway.served.get(deployment)
     if served is None or not served.lanes:
         message = f"deployment {deployment!r} is not served here"
-        return _error(404, "not_found", message, request_id)
+        return protocol.error(404, "not_found", message, request_id)
     try:
         payload = json.loads(raw)
     except ValueError:
-        return _error(400, "invalid_json", "the body is not valid JSON", request_id)
+        return protocol.error(400, "invalid_json", "the body is not valid JSON", request_id)
     lane = choose(deployment, served.lanes, _unit(served, headers, payload), gateway.rng)
     reply_headers = {
         "X-Request-Id": request_id,
@@ -108,7 +86,9 @@ async def serve(
     except InputError as exc:
         answer = Answer(422, {"error": {"code": "invalid_input", "message": exc.message}}, None)
         gateway._observe(served, lane, request_id, answer, started, None)
-        return _error(422, "invalid_input", exc.message, request_id, exc.details, reply_headers)
+        return protocol.error(
+            422, "invalid_input", exc.message, request_id, exc.details, reply_headers
+        )
     if kind == "explain":
         answer = await gateway.forward(served, lane, payload, "/explain")
         body = {"request_id": request_id, "variant": lane.name, **answer.body}

@@ -460,7 +460,8 @@ def create_gateway(
         served = gateway.served.get(deployment)
         if served is None:
             message = f"deployment {deployment!r} is not served here"
-            return protocol.error(404, "not_found", message, "")
+            reply = protocol.error(404, "not_found", message, "")
+            return JSONResponse(reply.body, reply.status, reply.headers)
         return JSONResponse(describe(served))
 
     app.add_middleware(DataPlane, gateway=gateway)  # the prediction routes, ahead of FastAPI

@@ -1,9 +1,8 @@
 """Request and response shapes of the data plane: the Open Inference Protocol (v2) mapped to
 and from the predict contract's `dataframe_split`, and the one error shape."""
 
+from dataclasses import dataclass, field
 from typing import Any
-
-from fastapi.responses import JSONResponse
 
 from app.ml.serving_contract import InputError
 
@@ -59,6 +58,15 @@ def to_v2(body: dict[str, Any], request_id: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Reply:
+    """A data-plane answer before it is written: status, JSON body, headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 def error(
     status: int,
     code: str,
@@ -66,11 +74,11 @@ def error(
     request_id: str,
     details: Any = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(
+) -> Reply:
+    return Reply(
+        status,
         error_body(code, message, details),
-        status_code=status,
-        headers={"X-Request-Id": request_id, **(headers or {})},
+        {"X-Request-Id": request_id, **(headers or {})},
     )
 
 
