@@ -3,6 +3,7 @@ with real training subprocesses, real git repositories and real model files."""
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import InlineJobs
@@ -77,6 +78,7 @@ def test_must_beat_the_champion(api: TestClient, jobs: InlineJobs) -> None:
     assert evaluate["outputs"]["champion_metrics"]
 
 
+@pytest.mark.slow  # many task subprocesses: run in the Postgres pass, not again on SQLite
 def test_repo_entrypoint_and_cache(api: TestClient, jobs: InlineJobs, tmp_path: Path) -> None:
     upload_churn(api)
     repo, commit = make_repo(tmp_path)
@@ -214,6 +216,7 @@ def test_sweep_requeues_lost_tasks_and_fails_them_past_their_timeout(
     assert [t["status"] for t in done["tasks"][1:]] == ["upstream_failed"] * 3
 
 
+@pytest.mark.slow  # many task subprocesses: run in the Postgres pass, not again on SQLite
 def test_deploy_task_serves_the_blessed_version_in_staging_then_canaries_the_next(
     api: TestClient, jobs: InlineJobs
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,6 +87,7 @@ def test_warm_start_adds_trees_to_the_served_forest_and_records_the_parent(
     assert any(e["relation"] == "warm_started_from" for e in edges["edges"])
 
 
+@pytest.mark.slow  # many task subprocesses: run in the Postgres pass, not again on SQLite
 def test_online_policy_applies_only_new_labelled_rows_with_partial_fit_at_its_cadence(
     served: TestClient,
     labelled: Labelled,
