@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import redis
+from common import expect
 
 from app.auth.service import create_token
 from app.core.db import create_db_engine, create_session_factory, unit_of_work
@@ -50,13 +51,6 @@ PARTS = {
     "advance": "run created -> task queued",
     "handoff": "task queued -> task started",
 }
-
-
-def expect(response: httpx.Response, status: int = 200) -> Any:
-    if response.status_code != status:
-        req = response.request
-        raise RuntimeError(f"{req.method} {req.url} -> {response.status_code}: {response.text}")
-    return response.json()
 
 
 def epoch(stamp: str) -> float:

@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import shap
+from common import expect
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
@@ -50,13 +51,6 @@ LOCAL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 FEATURES = [f"x{i:02d}" for i in range(20)]
 TRAIN_ROWS, TREES, BACKGROUND_ROWS = 2_000, 100, 100
 OVERHEAD_TARGET = 0.20
-
-
-def expect(response: httpx.Response, status: int = 200) -> Any:
-    if response.status_code != status:
-        req = response.request
-        raise RuntimeError(f"{req.method} {req.url} -> {response.status_code}: {response.text}")
-    return response.json()
 
 
 def training_frame(seed: int = 0) -> pd.DataFrame:

@@ -39,6 +39,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import skops.io as sio
+from common import expect
 from fastapi.testclient import TestClient
 
 from app.auth.service import create_token
@@ -67,7 +68,6 @@ from serving_measure import (  # noqa: E402 - the benchmarks folder is the scrip
     TARGET,
     WRK_SCRIPT,
     Server,
-    expect,
     free_port,
     markdown,
     measure,

@@ -15,23 +15,19 @@ from typing import Any
 import httpx
 import numpy as np
 import skops.io as sio
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `tests` is not installed; its helpers are imported from here
-warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-
-from serving_measure import (  # noqa: E402 - the benchmarks folder is the script's path  # noqa: E402 - the benchmarks folder is the script's path
+from common import expect
+from serving_measure import (
     FEATURES,
     JSON,
     MAX_ITER,
     TARGET,
     WRK_SCRIPT,
     Server,
-    expect,
     free_port,
     wait_http,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SERVING_SCRIPT = Path(__file__).with_name("serving.py")  # its --serve-bare runs the bare app
 MLFLOW_VENV = ROOT / ".bench" / "mlflow-venv"
 

@@ -56,13 +56,6 @@ end
 """
 
 
-def expect(response: httpx.Response, status: int = 200) -> Any:
-    if response.status_code != status:
-        req = response.request
-        raise RuntimeError(f"{req.method} {req.url} -> {response.status_code}: {response.text}")
-    return response.json()
-
-
 class Server:
     """A process in a session of its own: its whole tree is stopped (and its CPU counted)."""
 

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psycopg
+from common import expect
 from psycopg import sql
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -69,13 +70,6 @@ def libpq(url: str) -> str:
 
 def sqlalchemy_url(url: str) -> str:
     return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-
-
-def expect(response: httpx.Response, status: int = 200) -> Any:
-    if response.status_code != status:
-        req = response.request
-        raise RuntimeError(f"{req.method} {req.url} -> {response.status_code}: {response.text}")
-    return response.json()
 
 
 class Api:
