@@ -85,14 +85,14 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
 
 def _start_gateway_thread(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:
     """Embedded mode serves deployments from the same process tree as the API."""
+    from app.serving import server as data_plane_server
     from app.serving.gateway import create_gateway
 
     config = uvicorn.Config(
         create_gateway(settings),
         host=settings.host,
         port=settings.gateway_port,
-        log_level="warning",
-        access_log=False,
+        **data_plane_server.options("warning"),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
@@ -124,6 +124,7 @@ def api(
 @cli.command()
 def gateway(host: HostOption = None, port: PortOption = None) -> None:
     """The data plane: serves deployments from replica processes it starts and stops."""
+    from app.serving import server as data_plane_server
     from app.serving.gateway import create_gateway
 
     settings = _settings(host, port)
@@ -132,8 +133,7 @@ def gateway(host: HostOption = None, port: PortOption = None) -> None:
         create_gateway(settings),
         host=settings.host,
         port=gateway_port,
-        log_level="info",
-        access_log=False,  # a line per prediction costs more than the routing; metrics count
+        **data_plane_server.options("info"),
     )
 
 

@@ -34,6 +34,7 @@ from app.ml.serving_contract import (
     predict,
 )
 from app.registry.models import ModelVersion, RegisteredModel
+from app.serving import server
 from app.serving.asgi import ClientGone, read_body, refuse_method, send_json
 from app.serving.protocol import error_body as _error_body
 
@@ -181,11 +182,7 @@ def serve(version_id: int, port: int) -> None:
     # a matrix for a model fitted on a frame: sklearn would warn on every request
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
     uvicorn.run(
-        build_app(load(version_id)),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
+        build_app(load(version_id)), host="127.0.0.1", port=port, **server.options("warning")
     )
 
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from app.serving import server as data_plane_server
 from app.serving.hop import Hop, ReplicaGone
 
 
@@ -559,9 +560,9 @@ def test_against_uvicorn_starlette_replica() -> None:
             replica_app(),
             host="127.0.0.1",
             port=0,
-            log_level="warning",
             lifespan="off",
             timeout_keep_alive=1,
+            **data_plane_server.options("warning"),  # as the replicas run
         )
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
