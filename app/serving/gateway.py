@@ -66,7 +66,7 @@ class Gateway:
         self.rng = random.Random()  # noqa: S311 - traffic splitting, not security
         self._hop: Hop | None = None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.telemetry = Telemetry(self.id)
+        self.telemetry = Telemetry(self.id, session_factory.kw["bind"].dialect)
         self.background: set[asyncio.Task[None]] = set()
         self.launcher = Launcher()
 

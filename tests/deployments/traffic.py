@@ -30,7 +30,7 @@ def record(
     probabilities: Sequence[list[float]] | None = None,
 ) -> list[str]:
     """Each call is its own gateway, so calls add up in the rollups instead of overwriting."""
-    telemetry = Telemetry(f"test-{uuid.uuid4().hex[:8]}")
+    telemetry = Telemetry(f"test-{uuid.uuid4().hex[:8]}", session_factory.kw["bind"].dialect)
     if version_id is None:  # the version the variant serves, as the gateway would log it
         with session_factory() as session:
             version_id = session.scalar(

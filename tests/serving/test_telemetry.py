@@ -1,15 +1,23 @@
 """The gateway's telemetry without HTTP: what a flush writes, what a full queue drops."""
 
 import time
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import unit_of_work
 from app.monitoring.models import PredictionLog, ServingRollup
 from app.serving.data_plane import new_request_id
 from app.serving.telemetry import Observation, Telemetry, sampled, write
+
+
+def telemetry_for(
+    gateway_id: str, session_factory: sessionmaker[Session], **options: Any
+) -> Telemetry:
+    return Telemetry(gateway_id, session_factory.kw["bind"].dialect, **options)
 
 
 def flush(telemetry: Telemetry, session_factory: sessionmaker[Session]) -> None:
@@ -20,7 +28,7 @@ def flush(telemetry: Telemetry, session_factory: sessionmaker[Session]) -> None:
 def test_a_refused_request_without_inputs_is_logged_and_counted_as_4xx(
     session_factory: sessionmaker[Session],
 ) -> None:
-    telemetry = Telemetry("g1")
+    telemetry = telemetry_for("g1", session_factory)
     telemetry.observe(Observation("d", "v", 1, "bad", 422, 0.4, None), inputs=None)
     telemetry.observe(
         Observation("d", "v", 1, "ok", 200, 3.0, 1.0, replica=9001),
@@ -46,7 +54,7 @@ def test_a_refused_request_without_inputs_is_logged_and_counted_as_4xx(
 def test_a_full_queue_drops_and_counts_instead_of_growing(
     session_factory: sessionmaker[Session],
 ) -> None:
-    telemetry = Telemetry("g2", log_capacity=5)
+    telemetry = telemetry_for("g2", session_factory, log_capacity=5)
     for i in range(8):
         telemetry.observe(Observation("d", "v", 1, f"r{i}", 200, 1.0, 0.5))
     assert len(telemetry.logs) == 5 and telemetry.dropped["d"] == 3
@@ -68,7 +76,7 @@ def test_missing_values_sent_as_nan_do_not_fail_the_flush(
 ) -> None:
     """NaN is a missing value to the model but not JSON to PostgreSQL: one such request made
     the whole second's insert fail, losing every log and rollup in it."""
-    telemetry = Telemetry("g3")
+    telemetry = telemetry_for("g3", session_factory)
     telemetry.observe(
         Observation("d", "v", 1, "nan", 200, 2.0, 1.0),
         inputs={"rows": [{"a": float("nan"), "b": [float("inf"), 1.5]}]},
@@ -93,6 +101,31 @@ def test_missing_values_sent_as_nan_do_not_fail_the_flush(
         ("raw-nan", {"rows": [{"a": None, "b": 2}]}, {"p": [1]}),
         ("raw", {"rows": [{"a": "é"}]}, None),
     ]
+
+
+def test_a_logs_time_is_stored_as_the_orm_stores_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Logs skip SQLAlchemy's per-row processing; their time must still compare with times
+    the ORM binds (on SQLite, as text in SQLAlchemy's format)."""
+    telemetry = telemetry_for("g4", session_factory)
+    before = datetime.now(UTC)
+    telemetry.observe(Observation("d", "v", 1, "timed", 200, 2.0, 1.0))
+    after = datetime.now(UTC)
+    flush(telemetry, session_factory)
+    with unit_of_work(session_factory) as session:
+        fields = {"deployment": "d", "variant": "v", "model_version_id": 1, "total_ms": 1.0}
+        session.add(PredictionLog(request_id="orm", status=200, created_at=after, **fields))
+    with session_factory() as session:
+        window = PredictionLog.created_at.between(before, after)
+        [logged] = session.scalars(select(PredictionLog).where(window).limit(1)).all()
+        assert logged.request_id == "timed"
+        assert logged.created_at.tzinfo is not None and before <= logged.created_at <= after
+        query = text("SELECT request_id, created_at FROM prediction_log")
+        stored = dict(session.execute(query).all())
+    assert type(stored["timed"]) is type(stored["orm"])
+    if isinstance(stored["orm"], str):  # SQLite: the same text format, zone and all
+        assert len(stored["timed"]) == len(stored["orm"]), stored
 
 
 def test_request_ids_are_unique_and_ordered_by_time() -> None:
