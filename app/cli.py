@@ -75,6 +75,9 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
     typer.echo(
         f"Gateway (data plane) at http://{settings.host}:{settings.gateway_port}/serve/<deployment>/predict"
     )
+    from app.serving import server as data_plane_server
+
+    data_plane_server.freeze_heap()  # the embedded gateway shares this process's collector
     try:
         uvicorn.run("app.asgi:app", host=settings.host, port=settings.port, log_level="info")
     finally:
@@ -129,12 +132,7 @@ def gateway(host: HostOption = None, port: PortOption = None) -> None:
 
     settings = _settings(host, port)
     gateway_port = port or settings.gateway_port
-    uvicorn.run(
-        create_gateway(settings),
-        host=settings.host,
-        port=gateway_port,
-        **data_plane_server.options("info"),
-    )
+    data_plane_server.run(create_gateway(settings), settings.host, gateway_port, "info")
 
 
 @db_cli.command("upgrade")

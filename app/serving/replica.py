@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -181,9 +180,7 @@ def build_app(loaded: Loaded) -> Predict:
 def serve(version_id: int, port: int) -> None:
     # a matrix for a model fitted on a frame: sklearn would warn on every request
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
-    uvicorn.run(
-        build_app(load(version_id)), host="127.0.0.1", port=port, **server.options("warning")
-    )
+    server.run(build_app(load(version_id)), "127.0.0.1", port, "warning")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from app.core.processes import die_with_parent
+from app.serving.server import freeze_heap
 
 # What loading and serving a scikit-learn model needs; skops imports classes by name.
 PRELOAD = (
@@ -50,6 +51,9 @@ def _child(version_id: int, port: int) -> None:
 def main() -> None:
     for module in PRELOAD:
         importlib.import_module(module)
+    # frozen once here, what every replica inherits is never walked by a replica's collector
+    # (its own freeze before serving walks only its model), nor copied by it after the fork
+    freeze_heap()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps replicas that exit
     answer = sys.stdout
     answer.write(json.dumps({"ready": True}) + "\n")

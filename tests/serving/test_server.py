@@ -6,6 +6,8 @@ http.client as the client. Each test runs its own event loop with asyncio.run.""
 import asyncio
 import http.client
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -246,3 +248,21 @@ def test_nothing_is_written_to_a_transport_already_closing() -> None:
         assert recording.writes == []
 
     asyncio.run(test())
+
+
+FREEZE = """
+import gc
+from app.serving.server import freeze_heap
+loaded = [[i] for i in range(50_000)]  # what a process holds once started
+cycle = [[]]; cycle[0].append(cycle); del cycle  # garbage left from starting
+freeze_heap()
+assert gc.get_freeze_count() >= 50_000, gc.get_freeze_count()
+assert gc.collect() == 0, "garbage was collected before freezing, not frozen with the rest"
+print("ok")
+"""
+
+
+def test_a_data_plane_process_freezes_what_it_loaded_before_serving() -> None:
+    """In its own interpreter: freezing the test process's heap would change every later test."""
+    done = subprocess.run([sys.executable, "-c", FREEZE], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
