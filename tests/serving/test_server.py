@@ -81,10 +81,19 @@ def serving(test: Callable[[int, list[bytes]], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def get(connection: http.client.HTTPConnection, path: str, **headers: str) -> tuple[int, bytes]:
-    connection.request("GET", path, headers=headers)
-    response = connection.getresponse()
-    return response.status, response.read()
+def fetch(port: int, path: str, times: int = 1) -> list[tuple[int, bytes, str | None]]:
+    """`times` requests on one keep-alive connection: status, body, transfer-encoding."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        answers = []
+        for _ in range(times):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            answers.append((response.status, body, response.getheader("transfer-encoding")))
+        return answers
+    finally:
+        connection.close()
 
 
 def test_the_data_plane_servers_use_the_coalescing_protocol() -> None:
@@ -94,15 +103,8 @@ def test_the_data_plane_servers_use_the_coalescing_protocol() -> None:
 
 def test_each_response_is_one_write_and_keep_alive_holds() -> None:
     async def test(port: int, writes: list[bytes]) -> None:
-        def client() -> list[tuple[int, bytes]]:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            try:
-                return [get(connection, "/json") for _ in range(3)]
-            finally:
-                connection.close()
-
-        answers = await asyncio.to_thread(client)
-        assert answers == [(200, b'{"path":"/json"}')] * 3
+        answers = await asyncio.to_thread(fetch, port, "/json", 3)
+        assert answers == [(200, b'{"path":"/json"}', None)] * 3
         assert len(writes) == 3, "status line, headers and body leave together"
         assert all(w.startswith(b"HTTP/1.1 200") for w in writes)
         assert all(w.endswith(b'{"path":"/json"}') for w in writes)
@@ -131,14 +133,7 @@ def test_connection_close_sends_the_whole_answer_before_closing() -> None:
 
 def test_a_body_past_the_threshold_goes_out_at_once_and_whole() -> None:
     async def test(port: int, writes: list[bytes]) -> None:
-        def client() -> tuple[int, bytes]:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            try:
-                return get(connection, "/big")
-            finally:
-                connection.close()
-
-        assert await asyncio.to_thread(client) == (200, BIG)
+        assert await asyncio.to_thread(fetch, port, "/big") == [(200, BIG, None)]
         assert len(writes) == 1 and writes[0].endswith(BIG)
 
     serving(test)
@@ -146,16 +141,8 @@ def test_a_body_past_the_threshold_goes_out_at_once_and_whole() -> None:
 
 def test_a_streamed_body_arrives_in_order() -> None:
     async def test(port: int, writes: list[bytes]) -> None:
-        def client() -> tuple[int, bytes, str | None]:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            try:
-                connection.request("GET", "/stream")
-                response = connection.getresponse()
-                return response.status, response.read(), response.getheader("transfer-encoding")
-            finally:
-                connection.close()
-
-        assert await asyncio.to_thread(client) == (200, b"".join(CHUNKS), "chunked")
+        streamed = await asyncio.to_thread(fetch, port, "/stream")
+        assert streamed == [(200, b"".join(CHUNKS), "chunked")]
         assert len(writes) == len(CHUNKS) + 1, "each chunk leaves when the app waits"
 
     serving(test)
@@ -167,16 +154,9 @@ def test_a_client_gone_before_its_answer_harms_nobody_else() -> None:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
 
-        def client() -> tuple[int, bytes]:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            try:
-                return get(connection, "/json")
-            finally:
-                connection.close()
-
         await asyncio.to_thread(leave_early)
         await asyncio.sleep(0.3)  # its answer was due while the socket was gone
-        assert await asyncio.to_thread(client) == (200, b'{"path":"/json"}')
+        assert await asyncio.to_thread(fetch, port, "/json") == [(200, b'{"path":"/json"}', None)]
 
     serving(test)
 
