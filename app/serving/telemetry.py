@@ -46,6 +46,10 @@ LOG_COLUMNS = (
 )
 
 
+# one encoder for every request: json.dumps builds a new one per call when given options
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def json_text(value: Any) -> str | None:
     """A logged document as JSON text, encoded when the request is seen, on the event loop,
     so the flush thread only binds strings (encoding there held the GIL in long stretches that
@@ -59,7 +63,7 @@ def json_text(value: Any) -> str | None:
             return value.decode()
         value = json.loads(value)
     try:
-        return json.dumps(value, allow_nan=False)
+        return _STRICT_JSON.encode(value)
     except ValueError:
         return json.dumps(_finite(value))
 
