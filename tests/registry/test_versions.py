@@ -228,3 +228,27 @@ def test_update_and_delete_model(
     assert client.delete("/api/v1/models/d", headers=auth(Role.deployer)).status_code == 403
     assert api.delete("/api/v1/models/d").status_code == 204
     assert api.get("/api/v1/models/d").status_code == 404
+
+
+def test_crafted_skops_files_are_a_422_never_a_500(api: TestClient, tmp_path: Path) -> None:
+    """An editor's gadget (a constructor node naming pandas.read_pickle) and malformed
+    schema.json files are refused at upload with the reason; nothing is registered."""
+    from tests.ml.test_model_file_gadgets import call_node, crafted, json_node, with_protocol
+
+    api.post("/api/v1/models", json={"name": "crafted"})
+    gadget = with_protocol(call_node("pandas", "read_pickle", json_node("/tmp/payload.pkl")))
+    cases = {
+        "pandas.read_pickle": gadget,
+        "protocol must be an integer": {k: v for k, v in gadget.items() if k != "protocol"},
+        "not a JSON object": [gadget],
+        "node kind Flywheel does not load": {**gadget, "__loader__": "NoSuchNode"},
+    }
+    for expected, schema in cases.items():
+        content = crafted(tmp_path / "m.skops", schema).read_bytes()
+        response = api.post(
+            "/api/v1/models/crafted/versions/upload", files={"file": ("m.skops", content)}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "unsafe_model_file"
+        assert expected in response.json()["error"]["message"]
+    assert api.get("/api/v1/models/crafted/versions").json()["items"] == []
