@@ -82,6 +82,11 @@ class PipelineRun(Base):
         doc="the pipeline spec as it was when the run began"
     )
     repo_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    git_source_id: Mapped[int | None] = mapped_column(
+        ForeignKey("git_source.id", ondelete="SET NULL"),
+        default=None,
+        doc="whose stored credentials the checkout uses",
+    )
     branch: Mapped[str | None] = mapped_column(String(250), default=None)
     commit: Mapped[str | None] = mapped_column(String(64), default=None)
     dataset_version_id: Mapped[int | None] = mapped_column(

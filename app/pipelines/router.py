@@ -94,16 +94,18 @@ def create_pipeline_run(
     name: str, body: RunRequest, session: DbSession, principal: Editor
 ) -> PipelineRunRead:
     pipeline = service.get_or_raise(session, name)
-    repo_url, branch = None, body.branch
+    repo_url, git_source_id, branch = None, None, body.branch
     if body.source is not None:
         git = sources.get_git_or_raise(session, body.source)
-        repo_url, branch = git.repo_url, body.branch or git.branch_pattern
+        repo_url, git_source_id = git.repo_url, git.id
+        branch = body.branch or git.branch_pattern
     run = service.start_run(
         session,
         pipeline,
         trigger="manual",
         params=body.params,
         repo_url=repo_url,
+        git_source_id=git_source_id,
         branch=branch,
         commit=body.commit,
         dataset_version_id=body.dataset_version_id,

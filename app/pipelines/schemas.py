@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from app.core.pagination import Page
 from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun, TaskStatus
 from app.pipelines.spec import PipelineSpec
+from app.sources import gitops
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 
@@ -144,7 +145,7 @@ def run_read(run: PipelineRun, pipeline_name: str) -> PipelineRunRead:
         trigger=run.trigger,
         status=run.status,
         params=run.params,
-        repo_url=run.repo_url,
+        repo_url=gitops.redact(run.repo_url) if run.repo_url else None,
         branch=run.branch,
         commit=run.commit,
         dataset_version_id=run.dataset_version_id,

@@ -21,12 +21,14 @@ from app.auth.service import Principal
 from app.core.db import utcnow
 from app.core.jobs import JobContext
 from app.core.processes import die_with_parent
+from app.core.secrets import decrypt
 from app.core.security import Role
 from app.datasets.models import DatasetVersion
 from app.pipelines.models import PipelineRun, TaskRun, TaskStatus
 from app.pipelines.service import log_path
 from app.pipelines.spec import ALLOWED_ESTIMATORS, PipelineSpec
 from app.sources import gitops
+from app.sources.models import GitSource
 
 STOP_GRACE_SECONDS = 3
 
@@ -42,6 +44,7 @@ class StageInput:
     timeout: int
     memory_limit_mb: int | None
     repo_url: str | None
+    git_source_id: int | None
     branch: str | None
     commit: str | None
     inputs: dict[str, Any]
@@ -117,6 +120,7 @@ def stage_input(session: Session, run: PipelineRun, task: TaskRun) -> StageInput
         timeout=task_spec.timeout,
         memory_limit_mb=task_spec.memory_limit_mb,
         repo_url=run.repo_url,
+        git_source_id=run.git_source_id,
         branch=run.branch,
         commit=run.commit,
         inputs=task.inputs,
@@ -189,16 +193,27 @@ def log(ctx: JobContext, stage: StageInput, line: str) -> None:
         handle.write(f"[{utcnow().isoformat(timespec='seconds')}] {line}\n")
 
 
+def _git_credentials(ctx: JobContext, stage: StageInput) -> str | None:
+    if stage.git_source_id is None:
+        return None
+    with ctx.transaction() as session:
+        source = session.get(GitSource, stage.git_source_id)
+        encrypted = source.credentials_encrypted if source else None
+    return decrypt(ctx.settings, encrypted) if encrypted else None
+
+
 def checkout_source(
     ctx: JobContext, stage: StageInput, workdir: Path
 ) -> tuple[Path | None, str | None]:
     """The pushed commit as a plain directory (None when the run has no repository)."""
     if not stage.repo_url:
         return None, stage.commit
-    mirror = gitops.ensure_mirror(stage.repo_url, ctx.settings.resolved_git_cache)
+    credentials = _git_credentials(ctx, stage)
+    cache = ctx.settings.resolved_git_cache
+    mirror = gitops.ensure_mirror(stage.repo_url, cache, credentials=credentials)
     commit = stage.commit or gitops.resolve_ref(mirror, stage.branch or "HEAD")
-    log(ctx, stage, f"checking out {stage.repo_url} at {commit}")
-    source = gitops.checkout(mirror, commit, workdir / "src")
+    log(ctx, stage, f"checking out {gitops.redact(stage.repo_url)} at {commit}")
+    source = gitops.checkout(mirror, commit, workdir / "src", credentials=credentials)
     return source, commit
 
 

@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 ALLOWED_SCHEMES = ("https", "ssh", "file")
 STDERR_TAIL = 2000
@@ -31,6 +31,24 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 # scp-like "user@host:path": git treats a ':' before any '/' as this form.
 _SCP = re.compile(r"(?:([^@/:]+)@)?([^@/:\[\]]+|\[[0-9A-Fa-f:.]+\]):(.+)")
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", re.ASCII)
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """An https URL's user info (user:password, or a token as the user) taken out of it, so the
+    URL can be stored and shown as it is while the credentials are stored encrypted apart."""
+    if not url.lower().startswith("https://"):
+        return url, None
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=host)), userinfo
+
+
+def redact(url: str) -> str:
+    """A URL with any user info replaced by ***, for URLs stored before credentials were kept
+    apart (and anything else that may hold them)."""
+    return _CREDENTIALS.sub(r"\1***@", url)
 
 
 class GitError(RuntimeError):
@@ -57,6 +75,8 @@ def validate_repo_url(url: str) -> str:
                 raise ValueError("file URLs must be absolute: file:///abs/path")
         elif not parts.hostname or parts.hostname.startswith("-"):
             raise ValueError(f"{scheme} URL needs a host name that does not start with '-'")
+        elif scheme == "ssh" and parts.password is not None:
+            raise ValueError("git does not use passwords in ssh URLs; use a key (GIT_SSH_COMMAND)")
         return url
     if m := _SCP.fullmatch(url):
         user, host = m.group(1) or "", m.group(2)
@@ -88,17 +108,45 @@ def _private_home() -> str:
     return tempfile.mkdtemp(prefix="flywheel-git-home-")
 
 
-def _git(*args: str, timeout: int, git_dir: Path | None = None) -> bytes:
+# Hands git the credentials from the environment: never on a command line (any local user can
+# read argv) and never in the mirror's config. The script is ours; only the values come in.
+_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; '
+    'printf "username=%s\\npassword=%s\\n" "$FLYWHEEL_GIT_USERNAME" "$FLYWHEEL_GIT_PASSWORD"; }; f'
+)
+
+
+def _credential_args(credentials: str | None) -> tuple[list[str], dict[str, str]]:
+    if credentials is None:
+        return [], {}
+    user, _, password = credentials.partition(":")
+    # an empty helper first drops any helper a global config may name
+    args = ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"]
+    return args, {
+        "FLYWHEEL_GIT_USERNAME": unquote(user),
+        "FLYWHEEL_GIT_PASSWORD": unquote(password),
+    }
+
+
+def _git(
+    *args: str, timeout: int, git_dir: Path | None = None, credentials: str | None = None
+) -> bytes:
     """Run git (in its own process group, so a timeout also kills ssh/remote helpers) and
     return stdout; a non-zero exit or a timeout becomes a GitError."""
     exe = shutil.which("git")
     if exe is None:
         raise GitError("git is not installed")
-    argv = [exe, *([f"--git-dir={git_dir}"] if git_dir else []), *args]
+    helper_args, helper_env = _credential_args(credentials)
+    argv = [exe, *helper_args, *([f"--git-dir={git_dir}"] if git_dir else []), *args]
     pipe, null = subprocess.PIPE, subprocess.DEVNULL
     # S603 is safe here: an argv list, user values after '--', a locked-down environment.
     with subprocess.Popen(  # noqa: S603
-        argv, env=git_env(), stdin=null, stdout=pipe, stderr=pipe, start_new_session=True
+        argv,
+        env={**git_env(), **helper_env},
+        stdin=null,
+        stdout=pipe,
+        stderr=pipe,
+        start_new_session=True,
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -130,28 +178,35 @@ def _locked(mirror: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _fetch(mirror: Path, timeout: int) -> None:
-    _git("fetch", "--prune", "--quiet", "origin", git_dir=mirror, timeout=timeout)
+def _fetch(mirror: Path, timeout: int, credentials: str | None) -> None:
+    args = ("fetch", "--prune", "--quiet", "origin")
+    _git(*args, git_dir=mirror, timeout=timeout, credentials=credentials)
 
 
-def ensure_mirror(url: str, cache_dir: Path, *, timeout: int = 300) -> Path:
+def ensure_mirror(
+    url: str, cache_dir: Path, *, credentials: str | None = None, timeout: int = 300
+) -> Path:
     """Clone a bare mirror on first use, fetch it afterwards; returns its path.
 
     The clone goes to a temporary name and is renamed when complete, so a killed clone
-    never leaves a half-made mirror that later calls would trust.
+    never leaves a half-made mirror that later calls would trust. Credentials still inside
+    the URL (stored before they were kept apart) are taken out and handed over like others.
     """
     validate_repo_url(url)
+    url, inline = split_credentials(url)
+    credentials = credentials or inline
     cache_dir.mkdir(parents=True, exist_ok=True)
     mirror = _mirror_path(url, cache_dir)
     with _locked(mirror):
         if (mirror / "HEAD").is_file():
-            _fetch(mirror, timeout)
+            _fetch(mirror, timeout, credentials)
             return mirror
         shutil.rmtree(mirror, ignore_errors=True)
         partial = mirror.with_suffix(".partial")
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            _git("clone", "--mirror", "--quiet", "--", url, str(partial), timeout=timeout)
+            clone = ("clone", "--mirror", "--quiet", "--", url, str(partial))
+            _git(*clone, timeout=timeout, credentials=credentials)
             partial.rename(mirror)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -196,7 +251,9 @@ def _safe_extract(archive: Path, dest: Path) -> None:
             raise GitError(f"refusing archive member: {exc}") from exc
 
 
-def checkout(mirror: Path, commit: str, target: Path, *, timeout: int = 120) -> Path:
+def checkout(
+    mirror: Path, commit: str, target: Path, *, credentials: str | None = None, timeout: int = 120
+) -> Path:
     """Export the tree of `commit` into `target` (must be absent or empty) as plain files.
 
     If the mirror lacks the commit it is fetched once: the push webhook can arrive before
@@ -208,7 +265,7 @@ def checkout(mirror: Path, commit: str, target: Path, *, timeout: int = 120) -> 
     sha = _resolve(mirror, wanted)
     if sha is None:
         with _locked(mirror):
-            _fetch(mirror, timeout)
+            _fetch(mirror, timeout, credentials)
         sha = _require(mirror, wanted)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:

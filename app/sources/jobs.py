@@ -72,6 +72,7 @@ def ingest_object(session: Session, ctx: JobContext, delivery_id: int, uri: str)
         trigger="data",
         dataset_version_id=version.id,
         repo_url=git.repo_url if git else None,
+        git_source_id=git.id if git else None,
         branch=git.branch_pattern if git else None,
         created_by=f"data:{source.name}",
     )

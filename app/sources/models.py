@@ -17,6 +17,9 @@ class GitSource(Base):
     branch_pattern: Mapped[str] = mapped_column(String(250), default="main")
     pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipeline.id", ondelete="CASCADE"))
     secret_encrypted: Mapped[str] = mapped_column(Text)
+    credentials_encrypted: Mapped[str | None] = mapped_column(
+        Text, default=None, doc="the repository URL's user info, encrypted; never shown back"
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

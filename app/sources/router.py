@@ -11,7 +11,7 @@ from app.core.errors import ErrorResponse, PayloadTooLarge
 from app.core.pagination import PageParams, page_params
 from app.datasets.models import Dataset
 from app.pipelines.models import Pipeline
-from app.sources import service
+from app.sources import gitops, service
 from app.sources.models import DataSource, GitSource
 from app.sources.schemas import (
     DataSourceCreate,
@@ -39,7 +39,8 @@ def _git_read(session: Session, source: GitSource) -> dict[str, Any]:
     return {
         "id": source.id,
         "name": source.name,
-        "repo_url": source.repo_url,
+        "repo_url": gitops.redact(source.repo_url),
+        "has_credentials": source.credentials_encrypted is not None,
         "branch": source.branch_pattern,
         "pipeline": service.name_of(session, Pipeline, source.pipeline_id),
         "hook_path": service.hook_path("git", source.name),

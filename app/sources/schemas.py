@@ -27,7 +27,11 @@ class GitSourceCreate(BaseModel):
 class GitSourceRead(BaseModel):
     id: int
     name: str
-    repo_url: str
+    repo_url: str = Field(description="Without credentials: those are stored encrypted apart.")
+    has_credentials: bool = Field(
+        description="Whether the URL given had user info (user:password or a token), which "
+        "clones use and which is never shown back."
+    )
     branch: str
     pipeline: str
     hook_path: str = Field(description="Where to point the Git host's webhook.")

@@ -46,12 +46,14 @@ def create_git_source(
         raise Conflict(f"a git source named {data.name!r} already exists")
     pipeline = pipelines.get_or_raise(session, data.pipeline)
     secret = data.secret or secrets.token_urlsafe(32)
+    url, credentials = gitops.split_credentials(url)
     source = GitSource(
         name=data.name,
         repo_url=url,
         branch_pattern=data.branch,
         pipeline_id=pipeline.id,
         secret_encrypted=encrypt(settings, secret),
+        credentials_encrypted=encrypt(settings, credentials) if credentials else None,
     )
     session.add(source)
     session.flush()
@@ -182,6 +184,7 @@ def handle_git_hook(
         pipeline,
         trigger="git",
         repo_url=source.repo_url,
+        git_source_id=source.id,
         branch=push.branch,
         commit=push.commit,
         created_by=f"git:{source.name}",

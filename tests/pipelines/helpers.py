@@ -90,6 +90,11 @@ def ci_spec(
     }
 
 
+def create(api: TestClient, name: str, spec: dict[str, Any]) -> None:
+    response = api.post("/api/v1/pipelines", json={"name": name, "spec": spec})
+    assert response.status_code == 201, response.text
+
+
 def git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True)
     return done.stdout.strip()

@@ -7,12 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import InlineJobs
-from tests.pipelines.helpers import ci_spec, git, make_repo, upload_churn
-
-
-def create(api: TestClient, name: str, spec: dict) -> None:
-    response = api.post("/api/v1/pipelines", json={"name": name, "spec": spec})
-    assert response.status_code == 201, response.text
+from tests.pipelines.helpers import ci_spec, create, git, make_repo, upload_churn
 
 
 def test_builtin_estimator_pipeline_blesses_registers_and_packages(
