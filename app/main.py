@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth.guard import RequestGuard
 from app.auth.router import router as auth_router
 from app.core.artifacts import ArtifactStore
 from app.core.broker import get_celery
@@ -73,6 +74,8 @@ def create_app(
     )
 
     install_error_handlers(app)
+    # the guard runs inside the metrics layer, so refused requests are counted too
+    app.add_middleware(RequestGuard, settings=settings, session_factory=session_factory)
     app.add_middleware(PrometheusMiddleware)
 
     routers = (

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth.guard import principal_from_guard
 from app.auth.service import Principal, authenticate
 from app.core.deps import AppSettings, DbSession
 from app.core.errors import Forbidden, Unauthorized
@@ -26,13 +27,15 @@ class RoleRequirement:
         settings: AppSettings,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
-        principal = authenticate(
-            session,
-            credentials.credentials,
-            touch_every_seconds=settings.token_last_used_resolution_seconds,
-        )
+        principal = principal_from_guard(request)  # checked before the body was read
+        if principal is None:
+            if credentials is None or credentials.scheme.lower() != "bearer":
+                raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
+            principal = authenticate(
+                session,
+                credentials.credentials,
+                touch_every_seconds=settings.token_last_used_resolution_seconds,
+            )
         if not principal.role.allows(self.role):
             raise Forbidden(
                 f"this needs the {self.role.value} role; the token has {principal.role.value}",

@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".flywheel")
 API_PREFIX = "/api/v1"
+# What a replica reads at most; the gateway's own limit (a setting) stays below it.
+PREDICTION_BODY_CEILING = 256 * 1024**2
 
 
 class Settings(BaseSettings):
@@ -83,6 +85,17 @@ class Settings(BaseSettings):
     api_workers: int = Field(default=1, ge=1, le=64)
     max_upload_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest dataset or artifact upload accepted."
+    )
+    max_request_body_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=1,
+        description="Largest JSON body the API reads (uploads and webhooks have their own).",
+    )
+    max_prediction_body_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=1,
+        le=PREDICTION_BODY_CEILING,
+        description="Largest predict / infer / explain body the gateway reads.",
     )
     max_metrics_per_batch: int = Field(default=10_000, ge=1)
     token_last_used_resolution_seconds: int = Field(

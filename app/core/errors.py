@@ -119,7 +119,13 @@ async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse
 
 async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+    codes = {
+        404: "not_found",
+        405: "method_not_allowed",
+        401: "unauthorized",
+        403: "forbidden",
+        413: "payload_too_large",
+    }
     code = codes.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 

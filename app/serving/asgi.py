@@ -12,13 +12,33 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived: nothing to answer."""
 
 
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
+class BodyTooLarge(Exception):
+    """The body is (or says it is) longer than the route takes; nothing more of it is read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request bodies are limited to {limit:,} bytes; send fewer rows")
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None = None) -> bytes:
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 

@@ -18,7 +18,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.ml.serving_contract import InputError, check_payload
 from app.serving import protocol
-from app.serving.asgi import ClientGone, read_body, refuse_method, send_json
+from app.serving.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    declared_length,
+    read_body,
+    refuse_method,
+    send_json,
+)
 from app.serving.protocol import Reply
 from app.serving.routing import choose
 from app.serving.served import Answer, Served
@@ -47,9 +54,13 @@ class DataPlane:
             await refuse_method(send)
             return
         headers = dict(reversed(scope["headers"]))  # a repeated header: its first value
+        limit = self.gateway.settings.max_prediction_body_bytes
         try:
-            body = await read_body(receive)
+            body = await read_body(receive, limit, declared_length(scope["headers"]))
         except ClientGone:
+            return
+        except BodyTooLarge as exc:
+            await send_json(send, 413, protocol.error_body("payload_too_large", str(exc)))
             return
         kind = "v2" if route["model"] else "flywheel" if route["kind"] == "predict" else "explain"
         deployment = route["model"] or route["served"]
@@ -73,6 +84,9 @@ async def serve(
         payload = json.loads(raw)
     except ValueError:
         return protocol.error(400, "invalid_json", "the body is not valid JSON", request_id)
+    except RecursionError:
+        message = "the body's JSON is nested too deeply; send rows of plain values"
+        return protocol.error(400, "invalid_json", message, request_id)
     lane = choose(deployment, served.lanes, _unit(served, headers, payload), gateway.rng)
     reply_headers = {
         "X-Request-Id": request_id,

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app.core.artifacts import ArtifactStore
-from app.core.config import get_settings
+from app.core.config import PREDICTION_BODY_CEILING, get_settings
 from app.core.db import create_db_engine, create_session_factory
 from app.core.errors import AppError
 from app.ml.model_files import load_model
@@ -34,7 +34,14 @@ from app.ml.serving_contract import (
 )
 from app.registry.models import ModelVersion, RegisteredModel
 from app.serving import server
-from app.serving.asgi import ClientGone, read_body, refuse_method, send_json
+from app.serving.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    declared_length,
+    read_body,
+    refuse_method,
+    send_json,
+)
 from app.serving.protocol import error_body as _error_body
 
 
@@ -135,8 +142,12 @@ class Predict:
             await refuse_method(send)
             return
         try:
-            body = await read_body(receive)
+            declared = declared_length(scope["headers"])
+            body = await read_body(receive, PREDICTION_BODY_CEILING, declared)
         except ClientGone:
+            return
+        except BodyTooLarge as exc:
+            await send_json(send, 413, {"detail": str(exc)})
             return
         await send_json(send, *infer(self.loaded, body))
 

@@ -5,6 +5,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import Admin
+from app.auth.guard import MAX_HOOK_BODY
 from app.core.config import API_PREFIX
 from app.core.deps import AppSettings, DbSession
 from app.core.errors import ErrorResponse, PayloadTooLarge
@@ -32,7 +33,6 @@ errors: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix=API_PREFIX + "/sources", tags=["sources"], responses=errors)
 hooks = APIRouter(prefix=API_PREFIX + "/hooks", tags=["hooks"], responses=errors)
 Page = Annotated[PageParams, Depends(page_params)]
-MAX_HOOK_BODY = 25 * 1024 * 1024
 
 
 def _git_read(session: Session, source: GitSource) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def test_predictions_route_validate_and_stick(stack: dict[str, Any]) -> None:
             "/serve/churn/predict", json={"rows": rows(frame, 1)}, headers={"x-request-id": "r-1"}
         )
         assert given.headers["x-request-id"] == "r-1" == given.json()["request_id"]
+        deep = http.post("/serve/churn/predict", content=b"[" * 100_000 + b"]" * 100_000)
+        assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
         broken = http.post("/serve/churn/predict", content=b"{not json")
         assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
         assert broken.headers["x-request-id"]

@@ -1,0 +1,51 @@
+"""The data plane bounds a body before reading it: 413 from Content-Length alone, or as soon
+as a streamed body passes the limit."""
+
+import socket
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.core.config import Settings
+from app.serving.data_plane import DataPlane
+from tests.live import live_server
+
+LIMIT = 2048
+
+
+@pytest.fixture
+def plane() -> Iterator[str]:
+    app = Starlette()
+    gateway = SimpleNamespace(settings=Settings(max_prediction_body_bytes=LIMIT), served={})
+    app.add_middleware(DataPlane, gateway=gateway)
+    with live_server(app) as url:  # type: ignore[arg-type]
+        yield url
+
+
+def test_a_declared_length_past_the_limit_is_answered_before_the_body(plane: str) -> None:
+    port = int(plane.rsplit(":", 1)[1])
+    head = (
+        "POST /v2/models/any/infer HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {256 * 1024 * 1024}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head.encode())
+        reply = b""
+        while not reply.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413"), reply
+    assert b"payload_too_large" in reply and b"2,048" in reply
+
+
+def test_a_streamed_body_is_cut_at_the_limit(plane: str) -> None:
+    with httpx.Client(base_url=plane, timeout=60) as http:
+        over = http.post("/serve/any/predict", content=iter([b"x" * 1024] * 4))
+        assert over.status_code == 413 and over.json()["error"]["code"] == "payload_too_large"
+        within = http.post("/serve/any/predict", content=iter([b"{}"]))
+        assert within.status_code == 404  # read whole, then: not served here
