@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,32 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
     return error_response(503, "database_unavailable", "the database is not reachable; retry")
 
 
+INT64_RANGE = f"{-(2**63):,} to {2**63 - 1:,}"
+OUT_OF_RANGE = (
+    f"a number in the request is outside what the database stores (whole numbers from "
+    f"{INT64_RANGE}); ids, offsets and counts must fit"
+)
+
+
+async def _unstorable_value(_request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold: the request's fault, and nothing was written (the
+    unit of work rolled back)."""
+    text = str(getattr(exc, "orig", exc))
+    if "NUL" in text:
+        message = "text in the request contains a NUL (\\u0000) character; remove it"
+        return error_response(422, "invalid_text", message)
+    if "out of range" in text or "too large to convert" in text:
+        return error_response(422, "value_out_of_range", OUT_OF_RANGE)
+    return await _unhandled(_request, exc)
+
+
+async def _overflow(request: Request, exc: Exception) -> JSONResponse:
+    # sqlite3 refuses to bind an int beyond 64 bits with a bare OverflowError
+    if "too large to convert to SQLite" in str(exc):
+        return await _unstorable_value(request, exc)
+    return await _unhandled(request, exc)
+
+
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal server error")
@@ -145,4 +171,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(DataError, _unstorable_value)
+    app.add_exception_handler(OverflowError, _overflow)
     app.add_exception_handler(Exception, _unhandled)
