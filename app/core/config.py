@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         le=PREDICTION_BODY_CEILING,
         description="Largest predict / infer / explain body the gateway reads.",
     )
+    gateway_token_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long the gateway trusts a token check; a revoked token stops "
+        "working within this time.",
+    )
     max_metrics_per_batch: int = Field(default=10_000, ge=1)
     token_last_used_resolution_seconds: int = Field(
         default=60,

@@ -2,7 +2,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Enum, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base, BigId, utcnow
@@ -33,6 +33,9 @@ class Deployment(Base):
     rollout: Mapped[dict[str, Any]] = mapped_column()
     unit_key: Mapped[str | None] = mapped_column(String(100), default=None)
     log_sample_rate: Mapped[float] = mapped_column(default=1.0)
+    public: Mapped[bool] = mapped_column(
+        default=False, server_default=false(), doc="predictions answered without a token"
+    )
     generation: Mapped[int] = mapped_column(default=1)
     created_by: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

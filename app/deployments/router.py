@@ -67,6 +67,7 @@ def _read(deployment: Deployment, numbers: dict[int, int]) -> DeploymentRead:
         rollout=RolloutPolicy.model_validate(deployment.rollout),
         unit_key=deployment.unit_key,
         log_sample_rate=deployment.log_sample_rate,
+        public=deployment.public,
         generation=deployment.generation,
         created_by=deployment.created_by,
         created_at=deployment.created_at,

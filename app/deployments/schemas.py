@@ -101,6 +101,11 @@ class DeploymentCreate(BaseModel):
     log_sample_rate: float = Field(
         default=1.0, ge=0, le=1, description="Share of requests written to the prediction log."
     )
+    public: bool = Field(
+        default=False,
+        description="Answer predictions without a token. Off by default: the gateway then needs "
+        "'Authorization: Bearer <token>' (any valid API token) for predict, infer and explain.",
+    )
 
     @model_validator(mode="after")
     def _traffic(self) -> "DeploymentCreate":
@@ -114,6 +119,7 @@ class DeploymentUpdate(BaseModel):
     rollout: RolloutPolicy | None = None
     unit_key: str | None = None
     log_sample_rate: float | None = Field(default=None, ge=0, le=1)
+    public: bool | None = None
 
     @model_validator(mode="after")
     def _traffic(self) -> "DeploymentUpdate":
@@ -157,6 +163,7 @@ class DeploymentRead(BaseModel):
     rollout: RolloutPolicy
     unit_key: str | None
     log_sample_rate: float
+    public: bool
     generation: int
     created_by: str | None
     created_at: datetime

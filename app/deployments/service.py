@@ -60,6 +60,7 @@ def create(session: Session, data: DeploymentCreate, *, by: Principal) -> Deploy
         rollout=data.rollout.model_dump(mode="json"),
         unit_key=data.unit_key,
         log_sample_rate=data.log_sample_rate,
+        public=data.public,
         created_by=by.name,
         variants=_variants(session, data.variants),
     )
@@ -99,6 +100,8 @@ def update(session: Session, name: str, data: DeploymentUpdate, *, by: Principal
         deployment.unit_key = data.unit_key
     if data.log_sample_rate is not None:
         deployment.log_sample_rate = data.log_sample_rate
+    if data.public is not None:
+        deployment.public = data.public
     deployment.generation += 1
     deployment.updated_at = utcnow()
     session.flush()

@@ -54,6 +54,14 @@ class DataPlane:
             await refuse_method(send)
             return
         headers = dict(reversed(scope["headers"]))  # a repeated header: its first value
+        deployment = route["model"] or route["served"]
+        served = self.gateway.served.get(deployment)
+        if served is None or not served.public:  # checked before any of the body is read
+            refusal = await self.gateway.access.refusal(headers.get(b"authorization"))
+            if refusal is not None:
+                reply = protocol.unauthorized(refusal)
+                await send_json(send, reply.status, reply.body, reply.headers)
+                return
         limit = self.gateway.settings.max_prediction_body_bytes
         try:
             body = await read_body(receive, limit, declared_length(scope["headers"]))
@@ -63,7 +71,6 @@ class DataPlane:
             await send_json(send, 413, protocol.error_body("payload_too_large", str(exc)))
             return
         kind = "v2" if route["model"] else "flywheel" if route["kind"] == "predict" else "explain"
-        deployment = route["model"] or route["served"]
         reply = await serve(self.gateway, deployment, kind, headers, body)
         await send_json(send, reply.status, reply.body, reply.headers)
 

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -35,6 +35,7 @@ from app.deployments.models import Deployment
 from app.deployments.models import Replica as ReplicaRow
 from app.registry.models import ModelVersion, RegisteredModel
 from app.serving import protocol
+from app.serving.access import TokenCache
 from app.serving.autoscaler import Autoscaler
 from app.serving.data_plane import DataPlane
 from app.serving.hop import Hop, ReplicaGone
@@ -69,6 +70,7 @@ class Gateway:
         self.telemetry = Telemetry(self.id, session_factory.kw["bind"].dialect)
         self.background: set[asyncio.Task[None]] = set()
         self.launcher = Launcher()
+        self.access = TokenCache(session_factory, settings.gateway_token_cache_seconds)
 
     @property
     def hop(self) -> Hop:
@@ -118,6 +120,7 @@ class Gateway:
                     d.autoscaling,
                     d.log_sample_rate,
                     lanes,
+                    public=d.public,
                 )
         return wanted
 
@@ -136,6 +139,7 @@ class Gateway:
                 for lane in target.lanes:
                     await self._open_lane(target, lane)
             elif current.generation != target.generation:
+                current.public = target.public
                 await self._converge(current, target)
         for served in self.served.values():
             await self.replace_crashed(served)
@@ -455,8 +459,14 @@ def create_gateway(
         return Response(generate_latest(gateway.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/gateway/deployments/{deployment}")
-    async def actual_state(deployment: str) -> JSONResponse:
-        """What this gateway actually runs: replicas, load, cold starts, scaling decisions."""
+    async def actual_state(deployment: str, request: Request) -> JSONResponse:
+        """What this gateway actually runs: replicas, load, cold starts, scaling decisions
+        (process ids and ports: for token holders only, public deployment or not)."""
+        authorization = request.headers.get("authorization", "").encode("latin-1")
+        refusal = await gateway.access.refusal(authorization)
+        if refusal is not None:
+            reply = protocol.unauthorized(refusal)
+            return JSONResponse(reply.body, reply.status, reply.headers)
         served = gateway.served.get(deployment)
         if served is None:
             message = f"deployment {deployment!r} is not served here"

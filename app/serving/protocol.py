@@ -82,5 +82,10 @@ def error(
     )
 
 
+def unauthorized(message: str, request_id: str = "") -> Reply:
+    headers = {"WWW-Authenticate": "Bearer"}
+    return error(401, "unauthorized", message, request_id, headers=headers)
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}

@@ -26,6 +26,7 @@ class Served:
     autoscaling: dict[str, Any]
     log_sample_rate: float
     lanes: list[Lane]
+    public: bool = False
     processes: dict[int, ReplicaProcess] = field(default_factory=dict)
     scalers: dict[str, Autoscaler] = field(default_factory=dict)
 

@@ -159,3 +159,15 @@ def test_a_deployed_model_cannot_be_deleted(api: TestClient, versions: None) -> 
     assert refused.status_code == 409 and "churn" in refused.json()["error"]["message"]
     api.delete("/api/v1/deployments/churn")
     assert api.delete("/api/v1/models/churn").status_code == 204
+
+
+def test_a_deployment_is_private_unless_marked_public(api: TestClient, versions: None) -> None:
+    created = api.post("/api/v1/deployments", json=body()).json()
+    assert created["public"] is False
+    patched = api.patch("/api/v1/deployments/churn", json={"public": True})
+    assert patched.status_code == 200 and patched.json()["public"] is True
+    assert patched.json()["generation"] == created["generation"] + 1  # gateways pick it up
+    again = api.patch("/api/v1/deployments/churn", json={"log_sample_rate": 0.5}).json()
+    assert again["public"] is True  # a patch that does not name it leaves it
+    public = api.post("/api/v1/deployments", json=body(name="open", public=True)).json()
+    assert public["public"] is True

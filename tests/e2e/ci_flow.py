@@ -125,7 +125,10 @@ def run_ci_flow(base: str, token: str, tmp_path: Path, gateway: str | None = Non
         deadline = time.monotonic() + 90
         while True:
             answer = httpx.post(
-                f"{gateway}/serve/churn-staging/predict", json={"rows": [row]}, timeout=60
+                f"{gateway}/serve/churn-staging/predict",
+                json={"rows": [row]},
+                headers=headers,
+                timeout=60,
             )
             if answer.status_code == 200:
                 break

@@ -134,7 +134,7 @@ def test_drift_and_decay_retrain_and_the_challenger_becomes_champion(
 
     def predict(frame: pd.DataFrame) -> list[str]:
         ids = []
-        with httpx.Client(base_url=gateway, timeout=60) as http:
+        with httpx.Client(base_url=gateway, headers=api.headers, timeout=60) as http:
             for row in plain(frame):
                 reply = http.post("/serve/churn/predict", json={"rows": [row]})
                 assert reply.status_code == 200, reply.text
@@ -157,7 +157,7 @@ def test_drift_and_decay_retrain_and_the_challenger_becomes_champion(
         reply = api.get(f"/api/v1/policies/{policy_id}/evaluations", params={"page_size": 1000})
         return list(reply.json()["items"])
 
-    wait(lambda: _ready(gateway), "the gateway to serve churn", timeout=90)
+    wait(lambda: _ready(gateway, api.headers), "the gateway to serve churn", timeout=90)
     calm = churn_frame(rows=200, seed=21)
     feedback(predict(calm), calm)
     time.sleep(2)  # a few beat ticks on good news: nothing fires
@@ -214,10 +214,11 @@ def test_drift_and_decay_retrain_and_the_challenger_becomes_champion(
     assert all(e["outcome"] == "quiet" for e in everything[-3:])
 
 
-def _ready(gateway: str) -> bool:
+def _ready(gateway: str, headers: httpx.Headers) -> bool:
     row = plain(churn_frame(rows=1))[0]
     try:
-        reply = httpx.post(f"{gateway}/serve/churn/predict", json={"rows": [row]}, timeout=30)
+        url = f"{gateway}/serve/churn/predict"
+        reply = httpx.post(url, json={"rows": [row]}, headers=headers, timeout=30)
     except httpx.TransportError:
         return False
     return reply.status_code == 200

@@ -189,7 +189,9 @@ def test_embedded_worker_finishes_registry_jobs_and_the_gateway_serves(
     token = printed_token(server.lines)
     run_registry_flow(server.url, token, tmp_path)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as http:
-        deployment = {"name": "churn", "variants": [{"name": "main", "model": "churn@latest"}]}
+        # public: the embedded gateway answers this one without a token
+        variants = [{"name": "main", "model": "churn@latest"}]
+        deployment = {"name": "churn", "variants": variants, "public": True}
         assert http.post("/api/v1/deployments", json=deployment).status_code == 201
     row = {"age": 42, "income": 51000.0, "city": "Paris"}
     deadline = time.monotonic() + 60

@@ -1,4 +1,5 @@
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -97,6 +98,38 @@ def test_bundle_serves_the_same_predictions_from_a_subprocess(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+    # with FLYWHEEL_SERVE_TOKEN the bundle asks for it
+    port = free_port()
+    env = {**os.environ, "FLYWHEEL_SERVE_TOKEN": "bundle-secret"}
+    guarded = subprocess.Popen(
+        [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=bundle,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        refused = httpx.post(f"{url}/predict", json={"rows": records})
+        assert refused.status_code == 401 and "FLYWHEEL_SERVE_TOKEN" in refused.text
+        wrong_token = httpx.post(
+            f"{url}/predict", json={"rows": records}, headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong_token.status_code == 401
+        bearer = {"Authorization": "Bearer bundle-secret"}
+        allowed = httpx.post(f"{url}/predict", json={"rows": records}, headers=bearer)
+        assert allowed.status_code == 200 and allowed.json()["predictions"] == answer["predictions"]
+    finally:
+        guarded.terminate()
+        guarded.wait(timeout=10)
 
 
 def test_bundle_is_reproducible_and_existing_bundle_is_reused(

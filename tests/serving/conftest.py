@@ -84,6 +84,7 @@ def stack(
             wait_ready(base, gateway_app)
             yield {
                 "base": base,
+                "auth": {"Authorization": f"Bearer {token}"},
                 "blue": blue,
                 "green": green,
                 "frame": frame,

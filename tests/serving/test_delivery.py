@@ -37,7 +37,7 @@ def test_telemetry_reaches_prometheus_rollups_logs_replicas_and_ab_feedback(
     stack: dict[str, Any],
 ) -> None:
     base, api, frame = stack["base"], stack["api"], stack["frame"]
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         answers = [
             http.post(
                 "/serve/churn/predict",
@@ -91,7 +91,7 @@ def test_telemetry_reaches_prometheus_rollups_logs_replicas_and_ab_feedback(
         "/api/v1/deployments/churn/experiments",
         json={"name": "colour", "control": "blue", "treatment": "green", "min_samples": 5},
     ).json()
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         fresh = [
             http.post(
                 "/serve/churn/predict",
@@ -138,7 +138,7 @@ def test_a_canary_that_raises_is_rolled_back_by_itself(stack: dict[str, Any]) ->
     for row in sample[::3]:
         row["city"] = "Marseille"  # the canary's model cannot handle a city it never saw
     statuses = []
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         for _ in range(8):
             for row in sample:
                 statuses.append(http.post("/serve/risky/predict", json={"rows": [row]}).status_code)
@@ -156,7 +156,7 @@ def test_a_canary_that_raises_is_rolled_back_by_itself(stack: dict[str, Any]) ->
     wait_for(lambda: [lane.name for lane in gateway.served["risky"].lanes] == ["blue"])
     # the baseline kept its warm replica through the canary and the rollback
     assert gateway.served["risky"].lanes[0].replicas[0].pid == blue_pid
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         after = [
             http.post("/serve/risky/predict", json={"rows": [row]}).status_code for row in sample
         ]
@@ -191,7 +191,7 @@ def test_a_healthy_production_canary_walks_its_steps_with_mirrored_comparison(
         next(lane for lane in gateway.served["steady"].lanes if lane.name == "v2").replicas[0].pid
     )
     seen = []
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         for _ in range(30):
             for _ in range(40):
                 http.post("/serve/steady/predict", json={"rows": rows(frame, 1)})
@@ -225,7 +225,7 @@ def test_load_with_a_replica_killed_midway(stack: dict[str, Any]) -> None:
     sent = threading.Semaphore(0)
 
     def client() -> None:
-        with httpx.Client(base_url=base, timeout=60) as http:
+        with httpx.Client(base_url=base, headers=stack["auth"], timeout=60) as http:
             for _ in range(total // threads):
                 statuses.append(http.post("/serve/busy/predict", json=body).status_code)
                 sent.release()

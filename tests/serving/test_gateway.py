@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def test_predictions_route_validate_and_stick(stack: dict[str, Any]) -> None:
     base, frame = stack["base"], stack["frame"]
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         answer = http.post(
             "/serve/churn/predict", json={"rows": rows(frame)}, headers={"x-user-id": "alice"}
         )
@@ -45,6 +45,9 @@ def test_predictions_route_validate_and_stick(stack: dict[str, Any]) -> None:
         )
         assert wrong.status_code == 422 and "age" in wrong.json()["error"]["message"]
         assert http.post("/serve/nope/predict", json={"rows": []}).status_code == 404
+        anonymous = httpx.post(f"{base}/serve/churn/predict", json={"rows": rows(frame, 1)})
+        assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+        assert httpx.get(f"{base}/gateway/deployments/churn").status_code == 401
 
         # the data plane reads and writes HTTP itself: the edges of that
         given = http.post(
@@ -89,7 +92,8 @@ def test_a_crashed_replica_is_replaced(stack: dict[str, Any]) -> None:
     served.processes[victim.port].kill()
     served.processes[victim.port].wait()
     user = next(f"u{i}" for i in range(1000) if bucket("churn", f"u{i}") < 90)  # lands on blue
-    with httpx.Client(base_url=base, timeout=60) as http:  # the gateway still thinks it is up
+    # the gateway still thinks it is up
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=60) as http:
         retried = http.post(
             "/serve/churn/predict",
             json={"rows": rows(stack["frame"], 1)},
@@ -102,7 +106,7 @@ def test_a_crashed_replica_is_replaced(stack: dict[str, Any]) -> None:
         assert time.monotonic() < deadline, "the crashed replica was not replaced"
         time.sleep(0.1)
     assert parent_pid(blue.replicas[0].pid) == os.getpid()  # spawned, not forked
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         ok = [
             http.post("/serve/churn/predict", json={"rows": rows(stack["frame"], 1)}).status_code
             for _ in range(20)
@@ -132,7 +136,7 @@ def test_scale_to_zero_and_cold_start(stack: dict[str, Any]) -> None:
         time.sleep(0.1)
     lane = gateway.served["cold"].lanes[0]
     assert lane.replicas == []  # nothing runs before the first request
-    with httpx.Client(base_url=base, timeout=60) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=60) as http:
         answer = http.post("/serve/cold/predict", json={"rows": rows(frame, 1)})
     assert answer.status_code == 200, (answer.text, lane.decisions, lane.replicas)
     assert len(lane.cold_starts) == 1 and 0 < lane.cold_starts[0] < 30
@@ -155,7 +159,7 @@ def test_open_inference_protocol_and_actual_state(stack: dict[str, Any]) -> None
         }
         for c in FEATURES
     ]
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=30) as http:
         answer = http.post(
             "/v2/models/churn/infer", json={"inputs": inputs}, headers={"x-user-id": "bob"}
         )
@@ -185,7 +189,7 @@ def test_open_inference_protocol_and_actual_state(stack: dict[str, Any]) -> None
 def test_explain_through_the_gateway_uses_the_variants_version(stack: dict[str, Any]) -> None:
     base, frame, api = stack["base"], stack["frame"], stack["api"]
     sample = rows(frame, 3)
-    with httpx.Client(base_url=base, timeout=60) as http:
+    with httpx.Client(base_url=base, headers=stack["auth"], timeout=60) as http:
         answer = http.post(
             "/serve/churn/explain", json={"rows": sample}, headers={"x-user-id": "carol"}
         )

@@ -80,7 +80,7 @@ def test_traffic_feedback_metrics_quality_fairness_drift_alerts_and_webhooks(
         shifted = churn_frame(rows=300, seed=22)
         shifted["income"] = shifted["income"] + 40_000.0
         answers = []
-        with httpx.Client(base_url=base, timeout=60) as http:
+        with httpx.Client(base_url=base, headers=stack["auth"], timeout=60) as http:
             for index, row in enumerate(plain(traffic[FEATURES])):
                 reply = http.post(
                     "/serve/watch/predict",
@@ -147,7 +147,7 @@ def test_traffic_feedback_metrics_quality_fairness_drift_alerts_and_webhooks(
         run_job(jobs.ctx, ALERTS_JOB, {})
         assert api.get(f"/api/v1/alert-rules/{rule['id']}").json()["state"] == "ok"
 
-        with httpx.Client(base_url=base, timeout=60) as http:
+        with httpx.Client(base_url=base, headers=stack["auth"], timeout=60) as http:
             for index, row in enumerate(plain(shifted[FEATURES])):
                 http.post(
                     "/serve/watch/predict", json={"rows": [row]}, headers={"x-user-id": f"s{index}"}

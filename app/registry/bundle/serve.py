@@ -5,10 +5,16 @@ serving_contract.py; needs only the pinned requirements.txt, not Flywheel itself
 
     python serve.py --host 0.0.0.0 --port 8080
     POST /predict  {"rows": [{...}]} or {"dataframe_split": {"columns": [...], "data": [[...]]}}
+
+With FLYWHEEL_SERVE_TOKEN set (in the environment, never on the command line), POST /predict
+needs `Authorization: Bearer <that token>`; a request without it is refused before its body
+is read.
 """
 
 import argparse
+import hmac
 import json
+import os
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +73,13 @@ class PredictHandler(BaseHTTPRequestHandler):
             self._error(404, "not_found", f"no route {self.path}; use POST /predict")
             return
         length = int(self.headers.get("Content-Length") or 0)
+        token = os.environ.get("FLYWHEEL_SERVE_TOKEN", "")
+        if token and not hmac.compare_digest(
+            self.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
+        ):
+            self.close_connection = True  # the body stays unread
+            self._error(401, "unauthorized", "send 'Authorization: Bearer <FLYWHEEL_SERVE_TOKEN>'")
+            return
         if length > MAX_BODY:
             self._error(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
             return
