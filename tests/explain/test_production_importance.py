@@ -58,21 +58,30 @@ def test_importance_on_a_production_window_drift_against_reference_and_an_alert(
     assert result["comparison"] == "production" and 0 < result["ndcg"] <= 1
     assert result["importance_id"] == production["id"]
 
-    rule = api.post(
-        "/api/v1/alert-rules",
-        json={
-            "name": "attributions moved",
-            "deployment": "churn",
-            "metric": "attribution_ndcg",
-            "operator": "<=",
-            "threshold": 1.0,
-            "window": "1h",
-        },
-    ).json()
+    def rule(name: str, threshold: float) -> int:
+        created = api.post(
+            "/api/v1/alert-rules",
+            json={
+                "name": name,
+                "deployment": "churn",
+                "metric": "attribution_ndcg",
+                "operator": "<=",
+                "threshold": threshold,
+                "window": "1h",
+            },
+        )
+        assert created.status_code == 201, created.text
+        return int(created.json()["id"])
+
+    # at the measured nDCG the rule fires; just below it, it must not (a rule that fires for
+    # any nDCG would pass the first check alone)
+    at, below = rule("at the value", result["ndcg"]), rule("below it", result["ndcg"] - 0.01)
     run_job(jobs.ctx, ALERTS_JOB, {})
-    evaluated = api.get(f"/api/v1/alert-rules/{rule['id']}").json()
-    assert evaluated["last_value"] == pytest.approx(result["ndcg"])
-    assert evaluated["state"] == "firing"
+    firing = api.get(f"/api/v1/alert-rules/{at}").json()
+    assert firing["last_value"] == pytest.approx(result["ndcg"])
+    assert firing["state"] == "firing"
+    quiet = api.get(f"/api/v1/alert-rules/{below}").json()
+    assert quiet["last_value"] == pytest.approx(result["ndcg"]) and quiet["state"] == "ok"
 
 
 def test_production_importance_refusals(api: TestClient, deployed: None, jobs: InlineJobs) -> None:

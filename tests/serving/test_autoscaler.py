@@ -25,17 +25,24 @@ def test_scales_up_at_once_to_the_load_clamped_to_max() -> None:
 
 
 def test_scale_down_waits_for_the_stabilization_window() -> None:
-    scaler = Autoscaler.from_policy(POLICY)
-    for t in range(10):
-        scaler.observe(float(t), 8.0, requested=True)
-    assert scaler.decide(10.0, current=4).desired == 4
-    desired = []
-    for t in range(11, 60):
-        scaler.observe(float(t), 0.5, requested=True)
-        desired.append(scaler.decide(float(t), current=4).desired)
-    assert desired[0] == 4  # no flapping right after the load drops
-    assert desired[-1] == 1  # after 30 s of agreement, down to min
-    assert all(a >= b for a, b in itertools.pairwise(desired))
+    """Beside an identical scaler without a scale-down window: the load's own average drops
+    first; the stabilized one follows only once 30 s of lower recommendations agree."""
+    stable = Autoscaler.from_policy(POLICY)
+    instant = Autoscaler.from_policy(POLICY | {"scale_down_stabilization_seconds": 0})
+    for scaler in (stable, instant):
+        for t in range(10):
+            scaler.observe(float(t), 8.0, requested=True)
+        assert scaler.decide(10.0, current=4).desired == 4
+    held, followed = [], []
+    for t in range(11, 80):
+        for scaler, out in ((stable, held), (instant, followed)):
+            scaler.observe(float(t), 0.5, requested=True)
+            out.append(scaler.decide(float(t), current=4).desired)
+    first_drop = next(i for i, d in enumerate(followed) if d < 4)
+    held_until = next(i for i, d in enumerate(held) if d < 4)
+    assert held_until - first_drop >= 25, (held, followed)  # no flapping after the load drops
+    assert held[-1] == 1  # after 30 s of agreement, down to min
+    assert all(a >= b for a, b in itertools.pairwise(held))
 
 
 def test_scale_to_zero_after_idle_and_never_below_min_otherwise() -> None:
