@@ -33,6 +33,7 @@ from app.serving.served import Answer, Served
 if TYPE_CHECKING:
     from app.serving.gateway import Gateway
 
+RETRY_SOON = {"Retry-After": "1"}
 ROUTES = re.compile(
     r"/(?:serve/(?P<served>[^/]+)/(?P<kind>predict|explain)|v2/models/(?P<model>[^/]+)/infer)"
 )
@@ -85,6 +86,9 @@ async def serve(
     request_id = given_id.decode("latin-1") if given_id else new_request_id()
     served = gateway.served.get(deployment)
     if served is None or not served.lanes:
+        if gateway.known is None or deployment in gateway.known:
+            message = f"deployment {deployment!r} is starting on this gateway; retry shortly"
+            return protocol.error(503, "starting", message, request_id, headers=RETRY_SOON)
         message = f"deployment {deployment!r} is not served here"
         return protocol.error(404, "not_found", message, request_id)
     try:

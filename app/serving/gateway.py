@@ -71,6 +71,8 @@ class Gateway:
         self.background: set[asyncio.Task[None]] = set()
         self.launcher = Launcher()
         self.access = TokenCache(session_factory, settings.gateway_token_cache_seconds)
+        # the deployments the last reconcile found in the database; None until it has run
+        self.known: frozenset[str] | None = None
 
     @property
     def hop(self) -> Hop:
@@ -126,6 +128,7 @@ class Gateway:
 
     async def reconcile(self) -> None:
         wanted = await asyncio.to_thread(self.desired)
+        self.known = frozenset(wanted)
         for name in list(self.served):
             if name not in wanted:
                 served = self.served.pop(name)
@@ -145,6 +148,26 @@ class Gateway:
             await self.replace_crashed(served)
             await self.autoscale(served)
         self._report()
+
+    def starting(self) -> list[str]:
+        """Deployments not ready to answer yet: before the first reconcile, every one; after
+        it, those with a lane whose replicas are all still starting (a replica that failed
+        or outlived its start deadline no longer holds readiness back)."""
+        if self.known is None:
+            return ["(the first reconcile has not finished)"]
+        now = time.monotonic()
+        waiting = set(self.known) - set(self.served)
+        for served in self.served.values():
+            for lane in served.lanes:
+                alive = [
+                    r
+                    for r in lane.replicas
+                    if (p := served.processes.get(r.port)) is not None and p.poll() is None
+                ]
+                fresh = any(now - r.started_at < READY_TIMEOUT for r in alive)
+                if alive and fresh and not any(r.ready for r in alive):
+                    waiting.add(served.name)
+        return sorted(waiting)
 
     async def _open_lane(self, served: Served, lane: Lane) -> None:
         served.scalers[lane.name] = Autoscaler.from_policy(served.autoscaling)
@@ -451,8 +474,12 @@ def create_gateway(
     app.state.gateway = gateway
 
     @app.get("/v2/health/ready")
-    async def ready() -> dict[str, Any]:
-        return {"ready": True, "deployments": sorted(gateway.served)}
+    async def ready() -> JSONResponse:
+        """200 once every deployment the database names has a ready replica (or gave up),
+        so a load balancer sends nothing to a gateway that would answer 503s."""
+        starting = gateway.starting()
+        body = {"ready": not starting, "deployments": sorted(gateway.served), "starting": starting}
+        return JSONResponse(body, 503 if starting else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:

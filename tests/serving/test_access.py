@@ -59,7 +59,10 @@ def test_the_cache_answers_within_its_ttl_and_forgets_after(
 def plane(session_factory: sessionmaker[Session]) -> Iterator[tuple[str, SimpleNamespace]]:
     app = Starlette()
     gateway = SimpleNamespace(
-        settings=Settings(), served={}, access=TokenCache(session_factory, ttl=0)
+        settings=Settings(),
+        served={},
+        known=frozenset(),
+        access=TokenCache(session_factory, ttl=0),
     )
     app.add_middleware(DataPlane, gateway=gateway)
     with live_server(app) as url:  # type: ignore[arg-type]
@@ -107,3 +110,19 @@ def test_no_token_is_refused_before_a_huge_body_is_read(plane: tuple[str, Simple
                 break
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 401"), reply
+
+
+def test_a_deployment_still_starting_is_a_503_to_retry_not_a_404(
+    plane: tuple[str, SimpleNamespace], session_factory: sessionmaker[Session]
+) -> None:
+    url, gateway = plane
+    _, secret = new_token(session_factory)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {secret}"}) as http:
+        gateway.known = None  # before the first reconcile: anything may be starting
+        early = http.post("/serve/d/predict", json={"rows": []})
+        assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        assert early.json()["error"]["code"] == "starting"
+        gateway.known = frozenset({"d"})  # in the database, not loaded here yet
+        assert http.post("/v2/models/d/infer", json={"inputs": []}).status_code == 503
+        gateway.known = frozenset()
+        assert http.post("/serve/d/predict", json={"rows": []}).status_code == 404

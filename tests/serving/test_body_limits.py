@@ -25,6 +25,7 @@ def plane(session_factory: sessionmaker[Session]) -> Iterator[str]:
     gateway = SimpleNamespace(
         settings=Settings(max_prediction_body_bytes=LIMIT),
         served={},
+        known=frozenset(),
         access=TokenCache(session_factory, ttl=5),
     )
     app.add_middleware(DataPlane, gateway=gateway)

@@ -209,3 +209,33 @@ def test_explain_through_the_gateway_uses_the_variants_version(stack: dict[str, 
         for a, b in zip(ours["outputs"], theirs["outputs"], strict=True):
             assert a["shap_values"] == pytest.approx(b["shap_values"], abs=1e-9)
     assert bad.status_code == 422 and "age" in bad.json()["error"]["message"]
+
+
+def test_a_fresh_gateway_is_not_ready_and_answers_503_until_it_has_loaded(
+    stack: dict[str, Any],
+) -> None:
+    """A second gateway on the same database: until its replicas are up, readiness is 503
+    and a predict is a 503 to retry, never a 404; then both are 200."""
+    from app.serving.gateway import create_gateway
+    from tests.live import live_server
+
+    running = stack["app"].state.gateway
+    fresh = create_gateway(running.settings, stack["factory"], interval=0.5)
+    seen: list[tuple[int, int]] = []
+    with (
+        live_server(fresh) as base,
+        httpx.Client(base_url=base, headers=stack["auth"], timeout=60) as http,
+    ):
+        deadline = time.monotonic() + 120
+        while True:
+            ready = http.get("/v2/health/ready").status_code
+            answer = http.post("/serve/churn/predict", json={"rows": rows(stack["frame"], 1)})
+            seen.append((ready, answer.status_code))
+            if ready == 200 and answer.status_code == 200:
+                break
+            assert answer.status_code == 503, answer.text
+            assert "retry-after" in answer.headers
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+    assert all(status != 404 for _, status in seen)
+    assert (200, 503) not in seen  # never ready while a predict still had to wait
