@@ -13,8 +13,10 @@ zero replicas, and a load step (concurrency 1 -> 32) until a second replica serv
 Servers, wrk and this script share the machine's cores: the CPU columns show who used what.
 
 One row per request: `{"rows": [{f0..f19}]}` to the gateway and the bare app, the same row as
-`{"dataframe_records": [...]}` to mlflow. Needs wrk (`apt-get install wrk`); --profile needs
-py-spy (`.venv/bin/pip install py-spy`). The mlflow venv by hand, if pip fails from here:
+`{"dataframe_records": [...]}` to mlflow; every request carries an admin token (the gateway
+checks it, the others get the same header and ignore it), and the check is also timed alone.
+Needs wrk (`apt-get install wrk`); --profile needs py-spy (`.venv/bin/pip install py-spy`).
+The mlflow venv by hand, if pip fails from here:
 `python3.11 -m venv .bench/mlflow-venv && .bench/mlflow-venv/bin/pip install mlflow==3.17.2
 scikit-learn==1.9.1`, then write those two lines to .bench/mlflow-venv/bench-requirements.txt.
 """
@@ -55,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tests` is not installed; its helpers are imported from here
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
+from serving_access import check_verdict, token_check_cost  # noqa: E402
 from serving_baselines import add_mlflow, serve_bare, start_bare  # noqa: E402
 from serving_measure import (  # noqa: E402 - the benchmarks folder is the script's path
     BIN,
@@ -66,7 +69,6 @@ from serving_measure import (  # noqa: E402 - the benchmarks folder is the scrip
     MAX_ITER,
     NO_LOGGING,
     TARGET,
-    WRK_SCRIPT,
     Server,
     free_port,
     markdown,
@@ -78,6 +80,7 @@ from serving_measure import (  # noqa: E402 - the benchmarks folder is the scrip
     verdicts,
     wait_http,
     wrk,
+    wrk_script,
 )
 
 from tests.conftest import InlineJobs  # noqa: E402
@@ -155,16 +158,20 @@ def deploy(
     expect(api.post("/api/v1/deployments", json=body | {"autoscaling": autoscaling}), 201)
 
 
-def actual(gateway: str, name: str) -> dict[str, Any] | None:
-    response = httpx.get(f"{gateway}/gateway/deployments/{name}", timeout=30)
+def actual(gateway: str, name: str, headers: dict[str, str]) -> dict[str, Any] | None:
+    """The deployment's first variant as the gateway shows it (None until it has it); the
+    state route wants a token, `headers` carries it."""
+    response = httpx.get(f"{gateway}/gateway/deployments/{name}", headers=headers, timeout=30)
     return response.json()["variants"][0] if response.status_code == 200 else None
 
 
-def wait_replicas(gateway: str, name: str, count: int, timeout: float = 120) -> dict[str, Any]:
+def wait_replicas(
+    gateway: str, name: str, count: int, headers: dict[str, str], timeout: float = 120
+) -> dict[str, Any]:
     """Until GET /gateway/deployments/{name} shows `count` replicas, all ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lane = actual(gateway, name)
+        lane = actual(gateway, name, headers)
         if lane and len(lane["replicas"]) == count and all(r["ready"] for r in lane["replicas"]):
             return lane
         time.sleep(0.1)
@@ -180,7 +187,9 @@ def wait_replicas(gateway: str, name: str, count: int, timeout: float = 120) -> 
 # -- gateway specifics -------------------------------------------------------------------------
 
 
-def cold_starts(api: TestClient, gateway: str, body: bytes, cycles: int) -> dict[str, Any]:
+def cold_starts(
+    api: TestClient, gateway: str, body: bytes, headers: dict[str, str], cycles: int
+) -> dict[str, Any]:
     """min_replicas 0: a request on zero replicas waits for one; time to its answer, and the
     gateway's own spawn -> ready figure. Every measured cycle follows a scale to zero."""
     deploy(
@@ -195,21 +204,21 @@ def cold_starts(api: TestClient, gateway: str, body: bytes, cycles: int) -> dict
         },
     )
     deadline = time.monotonic() + 30
-    while actual(gateway, "cold") is None:
+    while actual(gateway, "cold", headers) is None:
         if time.monotonic() > deadline:
             raise RuntimeError("the gateway never picked up deployment cold")
         time.sleep(0.1)
     samples = []
     with httpx.Client(base_url=gateway, timeout=120) as http:
         for cycle in range(cycles + 1):  # cycle 0: never started yet; not counted
-            lane = actual(gateway, "cold")
+            lane = actual(gateway, "cold", headers)
             assert lane is not None and not lane["replicas"], lane
             began = time.perf_counter()
-            answer = http.post("/serve/cold/predict", content=body, headers=JSON)
+            answer = http.post("/serve/cold/predict", content=body, headers=headers)
             seconds = time.perf_counter() - began
             if answer.status_code != 200:
                 raise RuntimeError(f"cold request -> {answer.status_code}: {answer.text}")
-            lane = actual(gateway, "cold")
+            lane = actual(gateway, "cold", headers)
             assert lane is not None
             spawn = lane["cold_starts_seconds"][-1]
             kind = "first start" if cycle == 0 else f"after zero #{cycle}"
@@ -219,7 +228,7 @@ def cold_starts(api: TestClient, gateway: str, body: bytes, cycles: int) -> dict
                     {"request_to_answer_s": round(seconds, 3), "spawn_to_ready_s": spawn}
                 )
             deadline, zero_at = time.monotonic() + 60, time.perf_counter()
-            while (lane := actual(gateway, "cold")) and lane["replicas"]:
+            while (lane := actual(gateway, "cold", headers)) and lane["replicas"]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"cold never scaled to zero: {lane['scaling_decisions']}")
                 time.sleep(0.1)
@@ -236,15 +245,17 @@ def cold_starts(api: TestClient, gateway: str, body: bytes, cycles: int) -> dict
     }
 
 
-def scale_up(api: TestClient, gateway: str, script: Path, limit: float) -> dict[str, Any]:
+def scale_up(
+    api: TestClient, gateway: str, script: Path, headers: dict[str, str], limit: float
+) -> dict[str, Any]:
     """Concurrency 1, then 32 sustained: seconds until the second replica is listed, ready,
     and has served (polling the gateway's actual state)."""
     policy = {"min_replicas": 1, "max_replicas": 2, "target_in_flight": 2, "window_seconds": 2}
     deploy(api, "step", policy | {"scale_down_stabilization_seconds": 300})
-    wait_replicas(gateway, "step", 1)
+    wait_replicas(gateway, "step", 1, headers)
     url = f"{gateway}/serve/step/predict"
     wrk(url, script, 1, STEP_BASELINE_S)
-    lane = actual(gateway, "step")
+    lane = actual(gateway, "step", headers)
     assert lane is not None
     if len(lane["replicas"]) != 1:
         raise RuntimeError(f"scaled at concurrency 1 already: {lane['scaling_decisions']}")
@@ -254,7 +265,7 @@ def scale_up(api: TestClient, gateway: str, script: Path, limit: float) -> dict[
     marks: dict[str, float] = {}
     try:
         while time.perf_counter() - step < limit and load.poll() is None:
-            lane = actual(gateway, "step")
+            lane = actual(gateway, "step", headers)
             replicas = lane["replicas"] if lane else []
             now = round(time.perf_counter() - step, 2)
             if len(replicas) >= 2:
@@ -310,6 +321,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cold-starts", type=int, default=3, help="cycles after scale to zero")
     parser.add_argument("--scale-limit", type=float, default=60, help="give up after (s)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip mlflow models serve")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS,
+        help=f"results JSON (default {RESULTS.relative_to(ROOT)}; a short trial run: elsewhere)",
+    )
     parser.add_argument(
         "--logging-pairs",
         type=int,
@@ -389,22 +406,27 @@ def main() -> None:
         expected = model.predict_proba(pd.DataFrame([sample]))[0]
         api = stack.enter_context(control_plane(scratch, url, frame, model))
         print(f"model {MODEL}/1 registered and ready ({len(FEATURES)} float features, {ROWS} rows)")
+        # Every request of the benchmark carries the admin token: the gateway checks it on
+        # each data-plane and state request (its cost is measured with the rest). The bare app,
+        # mlflow and the replica get the very same headers and ignore the token, so that every
+        # system is sent identical request bytes.
+        headers = JSON | {"Authorization": api.headers["Authorization"]}
 
         gateway, gw_server = stack.enter_context(gateway_process(scratch, url))
         deploy(api, "lr1", {"min_replicas": 1, "max_replicas": 1})
         deploy(api, "lr2", {"min_replicas": 2, "max_replicas": 2})
         # the same as lr1 without prediction logging: what logging costs on the request path
         deploy(api, "lr1q", {"min_replicas": 1, "max_replicas": 1}, log_sample_rate=0.0)
-        lane1 = wait_replicas(gateway, "lr1", 1)
-        wait_replicas(gateway, "lr2", 2)
-        wait_replicas(gateway, "lr1q", 1)
+        lane1 = wait_replicas(gateway, "lr1", 1, headers)
+        wait_replicas(gateway, "lr2", 2, headers)
+        wait_replicas(gateway, "lr1q", 1, headers)
         print(f"gateway at {gateway} (pid {gw_server.pid}); lr1: 1 replica, lr2: 2 replicas ready")
 
         bare_url, bare = start_bare(scratch / "model.skops", scratch, stack)
         scripts = scratch / "wrk"
         scripts.mkdir()
         plain = scripts / "rows.lua"
-        plain.write_text(WRK_SCRIPT % body.decode())
+        plain.write_text(wrk_script(body.decode(), headers))
         systems: list[System] = [
             ("bare uvicorn", bare, f"{bare_url}/predict", plain),
             (LOGGED, gw_server, f"{gateway}/serve/lr1/predict", plain),
@@ -412,13 +434,13 @@ def main() -> None:
             (NO_LOGGING, gw_server, f"{gateway}/serve/lr1q/predict", plain),
         ]
         for name, _, target, _ in systems:  # the same answer everywhere before timing anything
-            got = expect(httpx.post(target, content=body, headers=JSON))["probabilities"][0]
+            got = expect(httpx.post(target, content=body, headers=headers))["probabilities"][0]
             if float(np.abs(np.asarray(got) - expected).max()) > 1e-9:
                 raise RuntimeError(f"{name} answered {got}, expected {expected}")
         mlflow_reason: str | None = "--no-mlflow"
         mlflow: dict[str, Any] | None = None
         if not args.no_mlflow:
-            mlflow_reason, mlflow = add_mlflow(scratch, stack, sample, expected)
+            mlflow_reason, mlflow = add_mlflow(scratch, stack, sample, expected, headers)
         if mlflow:
             systems.insert(1, mlflow["system"])
             document["mlflow_max_probability_delta"] = mlflow["delta"]
@@ -447,19 +469,23 @@ def main() -> None:
             int(gateway.rsplit(":", 1)[1]),
             lane1["replicas"][0]["port"],
             body,
+            headers,
             args.overhead_requests,
         )
         settle(everyone)
+        print("\ntoken check on its own (in this process, the servers idle):")
+        token_check = token_check_cost(url, headers["Authorization"])
+        settle(everyone)
         print("\ncold start (min_replicas 0, scale_to_zero_after_seconds 1):")
-        cold = cold_starts(api, gateway, body, args.cold_starts)
+        cold = cold_starts(api, gateway, body, headers, args.cold_starts)
         settle(everyone)
         print("\nload step (min 1, max 2, target_in_flight 2, window 2 s):")
-        step = scale_up(api, gateway, plain, args.scale_limit)
+        step = scale_up(api, gateway, plain, headers, args.scale_limit)
 
         if args.profile:
             top = max(levels)
             print(f"\nprofiling (py-spy, {args.seconds:g} s at c={top} on lr1):")
-            replica_pid = actual(gateway, "lr1")["replicas"][0]["pid"]  # type: ignore[index]
+            replica_pid = actual(gateway, "lr1", headers)["replicas"][0]["pid"]  # type: ignore[index]
             profiles = {}
             target, seconds = f"{gateway}/serve/lr1/predict", max(2.0, args.seconds)
             for who, pid in (("gateway", gw_server.pid), ("replica", replica_pid)):
@@ -473,7 +499,7 @@ def main() -> None:
                 print_profile(profiles[who])
             document["profiles"] = profiles
 
-    checks = verdicts(rows, over, cold, step, mlflow_reason, repeats)
+    checks = [*verdicts(rows, over, cold, step, mlflow_reason, repeats), check_verdict(token_check)]
     total = time.perf_counter() - began
     print(f"\n{markdown(rows, checks)}\n")
     if mlflow_reason:
@@ -493,7 +519,11 @@ def main() -> None:
         )
     print(f"total {total:.0f} s")
     document |= {
-        "args": {k: v for k, v in vars(args).items() if k not in ("serve_bare", "port")},
+        "args": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("serve_bare", "port")
+        },
         "code": code,
         "cpus": os.cpu_count(),
         "load_average_before": load,
@@ -508,14 +538,15 @@ def main() -> None:
         "throughput": rows,
         "logging_pairs": repeats,
         "overhead": over,
+        "token_check": token_check,
         "cold_start": cold,
         "scale_up": step,
         "checks": checks,
         "total_seconds": round(total),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ import skops.io as sio
 from common import expect
 from serving_measure import (
     FEATURES,
-    JSON,
     MAX_ITER,
     TARGET,
-    WRK_SCRIPT,
     Server,
     free_port,
     wait_http,
+    wrk_script,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,19 +125,24 @@ def start_bare(model: Path, scratch: Path, stack: ExitStack) -> tuple[str, Serve
 
 
 def add_mlflow(
-    scratch: Path, stack: ExitStack, sample: dict[str, float], expected: np.ndarray
+    scratch: Path,
+    stack: ExitStack,
+    sample: dict[str, float],
+    expected: np.ndarray,
+    headers: dict[str, str],
 ) -> tuple[str | None, dict[str, Any] | None]:
     """(None, its system and answer check) or (why not, None): a failure here only takes
-    mlflow out of the comparison."""
+    mlflow out of the comparison. `headers` are the gateway's, bearer token included: mlflow
+    ignores it, and gets the same header bytes as every other system."""
     try:
         url, server, versions = start_mlflow(scratch, scratch / "train.csv", stack)
         body = json.dumps({"dataframe_records": [sample]})  # its name for the same rows
-        answer = expect(httpx.post(f"{url}/invocations", content=body, headers=JSON))
+        answer = expect(httpx.post(f"{url}/invocations", content=body, headers=headers))
     except (RuntimeError, OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()] or [repr(exc)]
         return " ... ".join(dict.fromkeys([lines[0], lines[-1]]))[:400], None
     script = scratch / "wrk" / "mlflow.lua"
-    script.write_text(WRK_SCRIPT % body)
+    script.write_text(wrk_script(body, headers))
     delta = float(np.abs(np.asarray(answer["predictions"][0]) - expected).max())
     print(f"mlflow models serve at {url} ({versions}); same row: max |dp| {delta:.1e}")
     system = ("mlflow models serve", server, f"{url}/invocations", script)

@@ -40,9 +40,10 @@ NATIVE_LOOP = "asyncio (uvloop, httptools: native)"  # no Python frame below the
 
 
 FEATURES = [f"f{i}" for i in range(20)]
+# Formatted by wrk_script(): the body, then one `wrk.headers[...] = ...` line per header.
 WRK_SCRIPT = """wrk.method = "POST"
 wrk.body = [==[%s]==]
-wrk.headers["Content-Type"] = "application/json"
+%s
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -54,6 +55,18 @@ function done(summary, latency, requests)
     latency.mean))
 end
 """
+
+
+def wrk_script(body: str, headers: dict[str, str]) -> str:
+    """The wrk Lua script that POSTs `body` with exactly these headers."""
+
+    def lua(text: str) -> str:
+        if any(c in text for c in '"\\\n\r'):
+            raise ValueError(f"not a plain header value: {text!r}")
+        return f'"{text}"'
+
+    lines = "\n".join(f"wrk.headers[{lua(k)}] = {lua(v)}" for k, v in headers.items())
+    return WRK_SCRIPT % (body, lines)
 
 
 class Server:
@@ -233,16 +246,17 @@ def server_cores(row: dict[str, Any]) -> str:
 
 
 class Poster:
-    """Keep-alive POSTs of one body on one connection (http.client: a thin client)."""
+    """Keep-alive POSTs of one body with the given headers on one connection (http.client: a
+    thin client)."""
 
-    def __init__(self, port: int, path: str, body: bytes) -> None:
+    def __init__(self, port: int, path: str, body: bytes, headers: dict[str, str]) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.path, self.body = path, body
+        self.path, self.body, self.headers = path, body, headers
 
     def post(self) -> tuple[float, float]:
         """(total ms seen here, the replica's model_latency_ms from the body)."""
         began = time.perf_counter()
-        self.connection.request("POST", self.path, body=self.body, headers=JSON)
+        self.connection.request("POST", self.path, body=self.body, headers=self.headers)
         response = self.connection.getresponse()
         payload = response.read()
         total = (time.perf_counter() - began) * 1000
@@ -251,12 +265,16 @@ class Poster:
         return total, float(json.loads(payload)["model_latency_ms"])
 
 
-def overhead(gateway_port: int, replica_port: int, body: bytes, count: int) -> dict[str, float]:
+def overhead(
+    gateway_port: int, replica_port: int, body: bytes, headers: dict[str, str], count: int
+) -> dict[str, float]:
     """Gateway total minus the replica's model_latency_ms. The same request straight to the
     replica, alternated with it (so that both see the same machine), tells the HTTP hop that
-    any separate process costs apart from what the gateway adds."""
-    via = Poster(gateway_port, "/serve/lr1/predict", body)
-    direct = Poster(replica_port, "/predict", body)
+    any separate process costs apart from what the gateway adds. Both get the same headers,
+    the gateway's bearer token among them (the gateway checks it, the replica ignores it):
+    the token check is part of what the gateway adds."""
+    via = Poster(gateway_port, "/serve/lr1/predict", body, headers)
+    direct = Poster(replica_port, "/predict", body, headers)
     samples: dict[str, list[tuple[float, float]]] = {"via": [], "direct": []}
     try:
         for i in range(count + OVERHEAD_WARMUP):
