@@ -1,7 +1,6 @@
 """Bodies are refused before they are read: 401 with no token, 413 past a route's limit,
 on a real socket (the server must answer while the client has sent only the headers)."""
 
-import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,7 +12,7 @@ from app.core.config import Settings
 from app.core.security import Role
 from app.main import create_app
 from tests.conftest import InlineJobs
-from tests.live import live_server
+from tests.live import headers_only, live_server
 
 JSON_LIMIT = 4096
 UPLOAD_LIMIT = 64 * 1024
@@ -28,21 +27,6 @@ def small_limits(
     )
     with live_server(create_app(limited, session_factory, publish=jobs.publish)) as url:
         yield url
-
-
-def headers_only(url: str, head: str) -> tuple[int, bytes]:
-    """Send a request's headers and none of its body; the answer must come anyway."""
-    port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(head.encode() + b"\r\n")
-        reply = b""
-        while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    status = int(reply.split(b" ", 2)[1])
-    return status, reply.split(b"\r\n\r\n", 1)[1]
 
 
 def request_head(path: str, length: int, token: str | None = None, method: str = "POST") -> str:

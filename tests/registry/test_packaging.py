@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_bundle(bundle: Path, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """serve.py from an unpacked bundle, as a user would start it; returns it once healthy."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=bundle,
+        env=dict(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return server, url
+
+
 def test_bundle_serves_the_same_predictions_from_a_subprocess(
     api: TestClient, jobs: InlineJobs, ready_version, tmp_path: Path
 ) -> None:
@@ -57,23 +79,8 @@ def test_bundle_serves_the_same_predictions_from_a_subprocess(
     assert sorted(p.name for p in bundle.iterdir()) == sorted(package["files"])
     assert "FROM python:3.11-slim" in (bundle / "Dockerfile").read_text()
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=bundle,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server, url = start_bundle(bundle, os.environ)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         rows = frame[FEATURES].head(25)
         records = [
             {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
@@ -100,24 +107,8 @@ def test_bundle_serves_the_same_predictions_from_a_subprocess(
         server.wait(timeout=10)
 
     # with FLYWHEEL_SERVE_TOKEN the bundle asks for it
-    port = free_port()
-    env = {**os.environ, "FLYWHEEL_SERVE_TOKEN": "bundle-secret"}
-    guarded = subprocess.Popen(
-        [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=bundle,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    guarded, url = start_bundle(bundle, {**os.environ, "FLYWHEEL_SERVE_TOKEN": "bundle-secret"})
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         refused = httpx.post(f"{url}/predict", json={"rows": records})
         assert refused.status_code == 401 and "FLYWHEEL_SERVE_TOKEN" in refused.text
         wrong_token = httpx.post(

@@ -54,14 +54,31 @@ def test_a_clone_uses_credentials_kept_out_of_the_url(server: GitServer, tmp_pat
     assert server.authorizations  # the server did get them
 
 
+@pytest.fixture
+def ci_pipeline(api: TestClient) -> None:
+    upload_churn(api)
+    create(api, "ci", ci_spec())
+
+
+def run_from_source(api: TestClient, jobs: InlineJobs, source: str) -> tuple[dict, str]:
+    """A pipeline run from the git source, run to its end: (the run as shown, its train log)."""
+    run = api.post("/api/v1/pipelines/ci/runs", json={"source": source}).json()
+    assert PASSWORD not in str(run)
+    jobs.run()
+    done = api.get(f"/api/v1/pipeline-runs/{run['id']}")
+    assert done.json()["status"] == "succeeded", done.json()
+    log = api.get(f"/api/v1/pipeline-runs/{run['id']}/tasks/train/logs").text
+    assert PASSWORD not in done.text and PASSWORD not in log
+    return done.json(), log
+
+
 def test_credentials_in_a_git_source_are_stored_apart_and_never_shown(
     api: TestClient,
     jobs: InlineJobs,
     server: GitServer,
     session_factory: sessionmaker[Session],
+    ci_pipeline: None,
 ) -> None:
-    upload_churn(api)
-    create(api, "ci", ci_spec())
     created = api.post(
         "/api/v1/sources/git",
         json={"name": "private", "repo_url": with_credentials(server.url), "pipeline": "ci"},
@@ -71,14 +88,9 @@ def test_credentials_in_a_git_source_are_stored_apart_and_never_shown(
     listed = api.get("/api/v1/sources/git").text
     assert PASSWORD not in created.text and PASSWORD not in listed
 
-    run = api.post("/api/v1/pipelines/ci/runs", json={"source": "private"}).json()
-    jobs.run()
-    done = api.get(f"/api/v1/pipeline-runs/{run['id']}")
-    assert done.json()["status"] == "succeeded", done.json()
-    log = api.get(f"/api/v1/pipeline-runs/{run['id']}/tasks/train/logs").text
+    _, log = run_from_source(api, jobs, "private")
     assert f"checking out {server.url}" in log
-    for shown in (done.text, log, api.get("/api/v1/pipeline-runs").text):
-        assert PASSWORD not in shown
+    assert PASSWORD not in api.get("/api/v1/pipeline-runs").text
     with session_factory() as session:
         rows = session.execute(text("SELECT repo_url, credentials_encrypted FROM git_source"))
         ((repo_url, encrypted),) = rows.all()
@@ -91,9 +103,8 @@ def test_a_url_stored_with_credentials_before_is_redacted_and_still_clones(
     jobs: InlineJobs,
     server: GitServer,
     session_factory: sessionmaker[Session],
+    ci_pipeline: None,
 ) -> None:
-    upload_churn(api)
-    create(api, "ci", ci_spec())
     assert (
         api.post(
             "/api/v1/sources/git", json={"name": "old", "repo_url": server.url, "pipeline": "ci"}
@@ -105,13 +116,7 @@ def test_a_url_stored_with_credentials_before_is_redacted_and_still_clones(
             text("UPDATE git_source SET repo_url = :u"), {"u": with_credentials(server.url)}
         )
     assert PASSWORD not in api.get("/api/v1/sources/git").text
-    run = api.post("/api/v1/pipelines/ci/runs", json={"source": "old"}).json()
-    assert PASSWORD not in str(run)
-    jobs.run()
-    done = api.get(f"/api/v1/pipeline-runs/{run['id']}")
-    assert done.json()["status"] == "succeeded", done.json()
-    log = api.get(f"/api/v1/pipeline-runs/{run['id']}/tasks/train/logs").text
-    assert PASSWORD not in done.text and PASSWORD not in log
+    run_from_source(api, jobs, "old")
 
 
 def test_git_never_sees_the_password_on_its_command_line(
