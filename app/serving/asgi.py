@@ -60,5 +60,6 @@ async def send_json(
 
 
 async def refuse_method(send: Send) -> None:
-    """A route that only takes POST, asked with another method (Starlette's answer to that)."""
-    await send_json(send, 405, {"detail": "Method Not Allowed"}, {"Allow": "POST"})
+    """A route that only takes POST, asked with another method: the one error shape."""
+    error = {"code": "method_not_allowed", "message": "use POST", "details": None}
+    await send_json(send, 405, {"error": error}, {"Allow": "POST"})

@@ -28,6 +28,7 @@ from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.config import Settings
 from app.core.db import create_db_engine, create_session_factory, unit_of_work
@@ -472,6 +473,12 @@ def create_gateway(
     telemetry_off = TelemetryConfig(tracing=False, metrics=False, logs=False)
     app = FastAPI(title="Flywheel gateway", lifespan=lifespan, telemetry=telemetry_off)
     app.state.gateway = gateway
+
+    @app.exception_handler(StarletteHTTPException)
+    async def one_error_shape(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        body = protocol.error_body(codes.get(exc.status_code, "http_error"), str(exc.detail))
+        return JSONResponse(body, exc.status_code, exc.headers)
 
     @app.get("/v2/health/ready")
     async def ready() -> JSONResponse:

@@ -117,3 +117,11 @@ def test_a_deployment_still_starting_is_a_503_to_retry_not_a_404(
         assert http.post("/v2/models/d/infer", json={"inputs": []}).status_code == 503
         gateway.known = frozenset()
         assert http.post("/serve/d/predict", json={"rows": []}).status_code == 404
+
+
+def test_the_data_plane_answers_a_wrong_method_in_the_one_error_shape(
+    plane: tuple[str, SimpleNamespace],
+) -> None:
+    wrong = httpx.get(f"{plane[0]}/serve/d/predict")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == "method_not_allowed"

@@ -184,6 +184,8 @@ def test_open_inference_protocol_and_actual_state(stack: dict[str, Any]) -> None
         assert blue["replicas"][0]["ready"] is True and blue["replicas"][0]["pid"] > 0
         assert blue["replicas"][0]["cold_start_seconds"] > 0 and blue["cold_starts_seconds"]
         assert http.get("/gateway/deployments/nope").status_code == 404
+        unknown = http.get("/no/such/route")
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
 
 
 def test_explain_through_the_gateway_uses_the_variants_version(stack: dict[str, Any]) -> None:
