@@ -24,6 +24,7 @@ from app.explain.router import router as explain_router
 from app.health.router import router as health_router
 from app.monitoring.router import alerting as alerting_router
 from app.monitoring.router import router as monitoring_router
+from app.openapi import install_openapi
 from app.pipelines.router import pipelines as pipelines_router
 from app.pipelines.router import runs as pipeline_runs_router
 from app.registry.router import router as registry_router
@@ -98,4 +99,5 @@ def create_app(
     )
     for router in routers:
         app.include_router(router)
+    install_openapi(app)
     return app

@@ -58,7 +58,7 @@ class BodyTooLarge(HTTPException):
         )
 
 
-def _rule_for(method: str, path: str) -> BodyRule | None:
+def rule_for(method: str, path: str) -> BodyRule | None:
     return next((r for r in BODY_RULES if r.method == method and r.path.fullmatch(path)), None)
 
 
@@ -95,7 +95,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        rule = _rule_for(method, path)
+        rule = rule_for(method, path)
         if path.startswith(API_PREFIX + "/") and (rule is None or rule.kind != "hook"):
             try:
                 principal = await run_in_threadpool(self._authenticate, headers)

@@ -146,7 +146,7 @@ async def _unstorable_value(_request: Request, exc: Exception) -> JSONResponse:
     """A value the database cannot hold: the request's fault, and nothing was written (the
     unit of work rolled back)."""
     text = str(getattr(exc, "orig", exc))
-    if "NUL" in text:
+    if "NUL" in text or "\\u0000 cannot be converted" in text:
         message = "text in the request contains a NUL (\\u0000) character; remove it"
         return error_response(422, "invalid_text", message)
     if "out of range" in text or "too large to convert" in text:

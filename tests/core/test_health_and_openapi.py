@@ -38,6 +38,33 @@ def test_openapi_has_stable_operation_ids_tags_and_typed_responses(client: TestC
     assert "ErrorResponse" in spec["components"]["schemas"]
 
 
+def test_every_operation_documents_the_errors_the_shared_layers_send(client: TestClient) -> None:
+    """The guard's 401 and 413, the role check's 403, parsing's 400 and 422, pagination's 400
+    and the database's 503 are in the document, in the one error shape."""
+    spec = client.get("/openapi.json").json()
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            documented = op["responses"]
+            names = {p["name"] for p in op.get("parameters", [])}
+            expected = set()
+            if op.get("security") or path.startswith("/api/v1/hooks/"):
+                expected.add("401")
+            if path.startswith("/api/v1/") and method in ("post", "put", "patch", "delete"):
+                expected |= {"413", "401"}
+            if "requestBody" in op:
+                expected |= {"400", "422"}
+            if "page_token" in names:
+                expected.add("400")
+            if "{" in path:
+                expected.add("404")
+            assert expected <= documented.keys(), (method, path, expected - documented.keys())
+            for status in expected:
+                schema = documented[status]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "403" in spec["paths"]["/api/v1/tokens"]["post"]["responses"]
+    assert "403" not in spec["paths"]["/api/v1/experiments"]["get"]["responses"]
+
+
 def test_every_error_has_one_shape(api: TestClient) -> None:
     responses = [
         api.get("/api/v1/runs/1?page_size=abc"),

@@ -36,3 +36,14 @@ def test_a_nul_character_is_refused_or_stored_never_a_500(api: TestClient) -> No
         assert created.json()["error"]["code"] == "invalid_text"
         names = [e["name"] for e in api.get("/api/v1/experiments").json()["items"]]
         assert "a\u0000b" not in names
+
+
+def test_a_nul_character_inside_json_tags_is_refused_or_stored_never_a_500(
+    api: TestClient,
+) -> None:
+    """PostgreSQL refuses \\u0000 in JSONB with its own message (found by the fuzz test)."""
+    created = api.post("/api/v1/models", json={"name": "tagged", "tags": {"k\u0000": "v\u0000"}})
+    assert created.status_code in (201, 422), created.text
+    if created.status_code == 422:
+        assert created.json()["error"]["code"] == "invalid_text"
+        assert api.get("/api/v1/models/tagged").status_code == 404
