@@ -131,6 +131,6 @@ def test_no_operation_answers_a_5xx_or_an_undocumented_status(
             fuzz()
         except Exception as exc:
             failures[operation.label] = str(exc)[:2000]
-    assert len(reached) >= len(operations) // 2, sorted(reached)  # past validation, into the code
+    assert len(reached) >= len(operations) // 3, sorted(reached)  # past validation, into the code
     report = "\n\n".join(f"{label}:\n{message}" for label, message in failures.items())
     assert not failures, f"{len(failures)} operations failed:\n{report}"
