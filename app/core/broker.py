@@ -30,7 +30,10 @@ def make_celery(settings: Settings) -> Celery:
             "pipelines-sweep": {"task": "pipelines.sweep", "schedule": settings.sweep_seconds},
             "pipelines-schedules": {"task": "pipelines.tick_schedules", "schedule": 15.0},
             "monitoring-prune": {"task": "monitoring.prune", "schedule": 3600.0},
-            "monitoring-drift-schedules": {"task": "monitoring.tick_drift", "schedule": 60.0},
+            "monitoring-drift-schedules": {
+                "task": "monitoring.tick_drift",
+                "schedule": settings.drift_check_seconds,
+            },
             "monitoring-alerts": {
                 "task": "monitoring.evaluate_alerts",
                 "schedule": settings.alert_check_seconds,

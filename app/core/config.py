@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     alert_check_seconds: float = Field(
         default=30, gt=0, description="How often beat evaluates alert rules."
     )
+    drift_check_seconds: float = Field(
+        default=60, gt=0, description="How often beat looks for drift schedules that are due."
+    )
+    drift_max_rows: int = Field(
+        default=500_000,
+        ge=1,
+        description="Logged requests one drift report reads, the newest first; a report on a "
+        "wider window says it was sampled.",
+    )
+    drift_min_rows: int = Field(
+        default=30,
+        ge=1,
+        description="Rows a drift report needs for a verdict; fewer give insufficient_data.",
+    )
     prediction_log_days: int = Field(
         default=30, ge=1, le=3650, description="Days prediction logs and feedback are kept."
     )

@@ -293,16 +293,33 @@ def importance_plot(session: Session, name: str, ref: str, *, fmt: plots.Format,
 def _ready_importance(
     session: Session, model: RegisteredModel, version: ModelVersion, source: str = "reference"
 ) -> FeatureImportance:
+    """The newest ready importance; if there is none, why: it failed (and the reason), it is
+    still being computed, or it was never asked for."""
     row = _importance_of(session, version, None, ready_only=True, source=source)
-    if row is None:
-        on = "its reference data" if source == "reference" else "a production window"
+    if row is not None:
+        return row
+    on = "its reference data" if source == "reference" else "a production window"
+    endpoint = f"POST /api/v1/models/{model.name}/versions/{version.version}/importance"
+    latest = _importance_of(session, version, None, ready_only=False, source=source)
+    if latest is not None and latest.status == ImportanceStatus.failed:
         raise Conflict(
-            f"version {version.version} has no computed global importance on {on} yet; "
-            f"POST /api/v1/models/{model.name}/versions/{version.version}/importance "
-            "and wait for it to be ready",
-            code="importance_not_ready",
+            f"global importance of version {version.version} on {on} failed: "
+            f"{latest.status_message}; fix that and {endpoint} again",
+            code="importance_failed",
+            details={"importance_id": latest.id, "reason": latest.status_message},
         )
-    return row
+    if latest is not None:
+        raise Conflict(
+            f"global importance of version {version.version} on {on} is {latest.status}; "
+            "wait for it to be ready",
+            code="importance_not_ready",
+            details={"importance_id": latest.id},
+        )
+    raise Conflict(
+        f"version {version.version} has no computed global importance on {on} yet; "
+        f"{endpoint} and wait for it to be ready",
+        code="importance_not_ready",
+    )
 
 
 # -- attribution drift ------------------------------------------------------------------------

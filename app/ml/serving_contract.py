@@ -6,6 +6,7 @@ against the model's signature and turned into a frame in the signature's column 
 This module imports only numpy and pandas so a bundle can ship it unchanged.
 """
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -61,6 +62,8 @@ def _check_value(value: Any, kind: str) -> bool:
         )
     if kind == "boolean":
         return isinstance(value, bool)
+    if kind == "datetime":  # JSON sends text; rows read from a table carry Timestamps
+        return isinstance(value, str | dt.date | np.datetime64)
     return isinstance(value, str)
 
 
@@ -96,6 +99,8 @@ def check_payload(payload: Any, signature: dict[str, Any]) -> tuple[list[str] | 
                 continue  # the common case, checked without a call
             if isinstance(value, float) and math.isnan(value):
                 value = None
+            elif kind == "datetime" and _iso(value) is None:
+                value = None  # NaT
             if value is None and not column["nullable"]:
                 raise InputError(
                     f"column {name!r} is required but row {index} has no value",
@@ -200,8 +205,20 @@ def _array(values: list[Any], kind: str) -> Any:
         return np.array(values, dtype="int64")
     if kind == "boolean":
         return pd.array(values, dtype="boolean") if missing else np.array(values, dtype=bool)
+    if kind == "datetime":
+        values = [_iso(v) for v in values]
     # object dtype with None, as the model saw strings in training (not pandas' str dtype)
     return pd.Series([None if v is None else v for v in values], dtype=object)
+
+
+def _iso(value: Any) -> Any:
+    """A time as the ISO text a JSON request carries, so the model sees one representation
+    whether the row came over HTTP or from a table (as the stored background rows do)."""
+    if isinstance(value, np.datetime64):
+        value = pd.Timestamp(value)
+    if value is pd.NaT:  # pandas' missing time (numpy's becomes it above)
+        return None
+    return value.isoformat() if isinstance(value, dt.date) else value
 
 
 def _plain(values: np.ndarray) -> list[Any]:

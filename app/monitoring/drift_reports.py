@@ -23,10 +23,11 @@ from app.events import service as events
 from app.ml import drift
 from app.monitoring.models import DriftReport, DriftSchedule, PredictionLog
 from app.monitoring.schemas import DriftOptions, DriftReportCreate, DriftScheduleWrite
-from app.monitoring.service import MAX_ROWS, logged_rows
+from app.monitoring.service import logged_rows
 from app.registry.models import ModelVersion
 
 DRIFT_JOB = "monitoring.drift_report"
+INSUFFICIENT = "insufficient_data"  # a finished report without a verdict: too few rows
 
 
 def _served_version(deployment: Deployment, variant: str | None) -> tuple[str, int]:
@@ -43,6 +44,20 @@ def _served_version(deployment: Deployment, variant: str | None) -> tuple[str, i
             )
         chosen = found[0]
     return chosen.name, chosen.model_version_id
+
+
+def _window_filter(
+    deployment: str, variant: str | None, start: datetime, end: datetime
+) -> tuple[Any, ...]:
+    """The live requests a variant answered in [start, end): what a drift report judges."""
+    return (
+        PredictionLog.deployment == deployment,
+        PredictionLog.variant == variant,
+        PredictionLog.shadow.is_(False),
+        PredictionLog.status == 200,
+        PredictionLog.created_at >= start,
+        PredictionLog.created_at < end,
+    )
 
 
 def request(
@@ -63,18 +78,9 @@ def request(
             f"{name!r} serves a version registered without its training dataset; drift needs "
             "the reference profile stored with it (register with dataset_version_id)"
         )
-    logged = session.scalar(
-        select(func.count())
-        .select_from(PredictionLog)
-        .where(
-            PredictionLog.deployment == name,
-            PredictionLog.variant == variant,
-            PredictionLog.shadow.is_(False),
-            PredictionLog.status == 200,
-            PredictionLog.created_at >= start,
-        )
-    )
-    if not logged and trigger == "manual":
+    where = _window_filter(name, variant, start, end)
+    logged = session.scalar(select(PredictionLog.id).where(*where).limit(1))
+    if logged is None and trigger == "manual":
         raise Unprocessable(
             f"no predictions of {name}/{variant} were logged in the last {data.window}; "
             "widen the window or check the deployment's log_sample_rate"
@@ -95,7 +101,36 @@ def request(
     return report
 
 
-def compute(session: Session, report: DriftReport) -> None:
+def _read_window(
+    session: Session, deployment: str, report: DriftReport, max_rows: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """The window's logged requests, newest first and at most `max_rows` (ties broken by id,
+    so the same window always reads the same rows), and what was read of how many."""
+    where = _window_filter(deployment, report.variant, report.window_start, report.window_end)
+    rows = list(
+        session.execute(
+            select(PredictionLog.inputs, PredictionLog.outputs)
+            .where(*where)
+            .order_by(PredictionLog.created_at.desc(), PredictionLog.id.desc())
+            .limit(max_rows)
+        ).all()
+    )
+    in_window = len(rows)
+    if in_window >= max_rows:  # cut, or exactly full: only a count can tell
+        counted = session.scalar(select(func.count()).select_from(PredictionLog).where(*where))
+        in_window = int(counted or 0)
+    window = {
+        "sampled": in_window > len(rows),
+        "requests_read": len(rows),
+        "requests_in_window": in_window,
+        "max_requests": max_rows,
+    }
+    return rows, window
+
+
+def compute(session: Session, report: DriftReport, *, max_rows: int, min_rows: int) -> None:
+    """Judge the window; one with fewer than `min_rows` rows gets no verdict
+    (`insufficient_data`), and one cut at `max_rows` logged requests says it was sampled."""
     deployment = session.get(Deployment, report.deployment_id)
     version = session.get(ModelVersion, report.model_version_id)
     dataset = (
@@ -107,18 +142,7 @@ def compute(session: Session, report: DriftReport) -> None:
         report.status, report.error = "failed", "the served version or its reference is gone"
         report.finished_at = utcnow()
         return
-    rows = session.execute(
-        select(PredictionLog.inputs, PredictionLog.outputs)
-        .where(
-            PredictionLog.deployment == deployment.name,
-            PredictionLog.variant == report.variant,
-            PredictionLog.shadow.is_(False),
-            PredictionLog.status == 200,
-            PredictionLog.created_at >= report.window_start,
-            PredictionLog.created_at < report.window_end,
-        )
-        .limit(MAX_ROWS)
-    ).all()
+    rows, window = _read_window(session, deployment.name, report, max_rows)
     features = [c["name"] for c in version.signature["inputs"]]
     columns: dict[str, list[Any]] = {name: [] for name in features}
     predictions: list[Any] = []
@@ -127,9 +151,14 @@ def compute(session: Session, report: DriftReport) -> None:
             for name in features:
                 columns[name].append(row.get(name))
         predictions.extend((outputs or {}).get("predictions") or [])
-    if not predictions:
-        report.status, report.finished_at = "failed", utcnow()
-        report.error = "no predictions were logged in the window"
+    counts = {"current_rows": len(predictions), "min_rows": min_rows, "window": window}
+    report.finished_at = utcnow()
+    if len(predictions) < min_rows:
+        report.status = INSUFFICIENT
+        report.result = counts | {
+            "reason": f"{len(predictions)} predicted rows in the window; a verdict needs at "
+            f"least {min_rows} (FLYWHEEL_DRIFT_MIN_ROWS): widen the window"
+        }
         return
     options = DriftOptions.model_validate(report.options)
     profile = dataset.profile
@@ -146,8 +175,7 @@ def compute(session: Session, report: DriftReport) -> None:
         thresholds=thresholds,
         feature_thresholds=options.feature_thresholds,
     )
-    body = result.to_dict()
-    body["current_rows"] = len(predictions)
+    body = result.to_dict() | counts
     target = version.target
     if target and target in profile["columns"]:
         # the training labels are the reference for what the model should be predicting
@@ -157,19 +185,39 @@ def compute(session: Session, report: DriftReport) -> None:
         body["prediction"] = {**outcome.to_dict(), "reference": f"training labels ({target})"}
     report.result = body
     report.dataset_drifted, report.drifted_share = result.dataset_drifted, result.drifted_share
-    report.status, report.finished_at = "ready", utcnow()
+    report.status = "ready"
+    _record_drift(session, deployment.name, report, result)
+
+
+def _record_drift(
+    session: Session, deployment: str, report: DriftReport, result: drift.DatasetDrift
+) -> None:
+    """`drift.feature_detected` whenever any feature drifted (with each one's scores), so a
+    watcher of one feature hears of it even when the data set as a whole did not drift;
+    `drift.detected` when the drifted share passes the report's rule."""
+    subject = f"deployment:{deployment}"
+    summary = {
+        "deployment": deployment,
+        "variant": report.variant,
+        "report": report.id,
+        "drifted_share": result.drifted_share,
+        "drifted_features": result.drifted_features,
+    }
+    if result.drifted_features:
+        scores = {
+            name: {
+                "method": feature.method,
+                "statistic": feature.statistic,
+                "p_value": feature.p_value,
+                "threshold": feature.threshold,
+            }
+            for name, feature in result.features.items()
+            if feature.drifted
+        }
+        payload = summary | {"dataset_drifted": result.dataset_drifted, "features": scores}
+        events.record(session, "drift.feature_detected", subject, payload)
     if result.dataset_drifted:
-        events.record(
-            session,
-            "drift.detected",
-            f"deployment:{deployment.name}",
-            {
-                "deployment": deployment.name,
-                "report": report.id,
-                "drifted_share": result.drifted_share,
-                "drifted_features": result.drifted_features,
-            },
-        )
+        events.record(session, "drift.detected", subject, summary)
 
 
 def get_or_raise(session: Session, deployment: Deployment, report_id: int) -> DriftReport:

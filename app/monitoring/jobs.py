@@ -62,7 +62,12 @@ def evaluate_alerts(ctx: JobContext) -> None:
 def drift_report(session: Session, ctx: JobContext, report_id: int) -> None:
     report = session.get(DriftReport, report_id, with_for_update=True)
     if report is not None and report.status == "pending":
-        drift_reports.compute(session, report)
+        drift_reports.compute(
+            session,
+            report,
+            max_rows=ctx.settings.drift_max_rows,
+            min_rows=ctx.settings.drift_min_rows,
+        )
 
 
 @job(DRIFT_TICK_JOB, max_retries=0)

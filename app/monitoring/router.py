@@ -203,4 +203,6 @@ def set_drift_schedule(
 
 def _report(report: DriftReport, deployment: str) -> DriftReportRead:
     values = {c: getattr(report, c) for c in DriftReportRead.model_fields if hasattr(report, c)}
-    return DriftReportRead.model_validate({**values, "deployment": deployment})
+    window = (report.result or {}).get("window") or {}
+    read = {k: window.get(k) for k in ("sampled", "requests_read", "requests_in_window")}
+    return DriftReportRead.model_validate({**values, **read, "deployment": deployment})

@@ -203,13 +203,27 @@ class DriftReportRead(BaseModel):
     window_start: datetime
     window_end: datetime
     options: dict[str, Any]
-    status: str = Field(description="pending, ready or failed")
+    status: str = Field(
+        description="pending, ready, failed, or insufficient_data: the window had fewer rows "
+        "than a verdict needs (FLYWHEEL_DRIFT_MIN_ROWS); no verdict, no drift event"
+    )
     trigger: str
     dataset_drifted: bool | None
     drifted_share: float | None
+    sampled: bool | None = Field(
+        default=None,
+        description="The window held more logged requests than a report reads "
+        "(FLYWHEEL_DRIFT_MAX_ROWS): the newest were judged.",
+    )
+    requests_read: int | None = Field(default=None, description="Logged requests judged.")
+    requests_in_window: int | None = Field(
+        default=None, description="Logged requests the window holds."
+    )
     result: dict[str, Any] | None = Field(
         description="Per feature: method, statistic, p_value, threshold, drifted, and both "
-        "histograms (bins, reference_counts, current_counts); plus `prediction`."
+        "histograms (bins, reference_counts, current_counts); plus `prediction`; "
+        "`current_rows` and `min_rows`; `window` (sampled, requests_read, requests_in_window, "
+        "max_requests)."
     )
     error: str | None
     created_by: str | None

@@ -1,5 +1,6 @@
 """Explanations through the API, on real models registered the way CI would register them."""
 
+import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,53 @@ def test_plots_are_png_and_svg(
     assert f"city = {rows[0]['city']}".encode() in waterfall_svg.content
     assert api.post(f"{base}/explain/plot?row=5", json={"rows": rows}).status_code == 422
     assert api.get(f"{base}/importance/plot?format=gif").status_code == 422
+
+
+def timed_dataset(api: TestClient, name: str, seed: int) -> dict[str, Any]:
+    """Churn rows with a timestamp column, uploaded as Parquet so `ts` stays a datetime."""
+    frame = churn_frame(200, seed=seed)
+    frame.insert(0, "ts", pd.date_range("2026-01-01", periods=len(frame), freq="h"))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    api.post("/api/v1/datasets", json={"name": name})
+    reply = api.post(
+        f"/api/v1/datasets/{name}/versions", files={"file": ("d.parquet", buffer.getvalue())}
+    )
+    assert reply.status_code == 201, reply.text
+    assert {c["name"]: c["type"] for c in reply.json()["schema"]}["ts"] == "datetime"
+    return dict(reply.json()) | {"frame": frame}
+
+
+def test_importance_of_a_model_whose_data_has_a_datetime_column_and_failures_say_why(
+    api: TestClient, registry: Registry, jobs: InlineJobs
+) -> None:
+    base = "/api/v1/models/timed/versions"
+    for version, seed in ((1, 11), (2, 12)):
+        dataset = timed_dataset(api, f"timed-{seed}", seed)
+        frame = dataset["frame"]
+        model = encoded(RandomForestClassifier(10, random_state=0)).fit(
+            frame.drop(columns="churned"), frame["churned"]
+        )
+        registry.register("timed", model, dataset["id"])
+        jobs.run()
+        assert api.get(f"{base}/{version}").json()["status"] == "ready"
+    assert api.post(f"{base}/1/importance", json={"sample_rows": 50}).status_code == 202
+    jobs.run()
+    result = api.get(f"{base}/1/importance").json()
+    assert result["status"] == "ready", result["status_message"]
+    by_feature = {f["feature"]: f["mean_abs_shap"] for f in result["features"]}
+    assert set(by_feature) == {"ts", *FEATURES} and by_feature["ts"] == 0.0  # the model drops it
+
+    # version 2's reference data is gone: its importance fails, and drift says so and why
+    reference = api.get("/api/v1/datasets/timed-12/versions/1").json()
+    jobs.ctx.artifacts.resolve(reference["uri"]).unlink()
+    assert api.post(f"{base}/2/importance", json={"sample_rows": 50}).status_code == 202
+    jobs.run()
+    failed = api.get(f"{base}/2/importance").json()
+    assert failed["status"] == "failed" and "could not be read" in failed["status_message"]
+    drift = api.get(f"{base}/2/attribution-drift", params={"baseline": 1})
+    assert drift.status_code == 409, drift.text
+    error = drift.json()["error"]
+    assert error["code"] == "importance_failed" and "failed: the reference data" in error["message"]
+    assert error["details"]["reason"] == failed["status_message"]
+    assert "wait" not in error["message"]

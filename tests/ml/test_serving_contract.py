@@ -125,3 +125,36 @@ def test_an_all_float_signature_converts_every_shape_to_the_same_table() -> None
     np.testing.assert_array_equal(partial, [[1.0, np.nan, np.nan], [np.nan, 2.0, np.nan]])
     with pytest.raises(InputError, match="column 'a' expects float"):
         features_from_payload({"rows": [{"a": True}]}, signature, matrix=True)
+
+
+def test_a_datetime_column_takes_text_timestamps_and_numpy_times_as_the_same_text() -> None:
+    # rows read from a table (importance, background samples) carry Timestamps; JSON sends text
+    signature = {
+        "inputs": [
+            {"name": "ts", "type": "datetime", "nullable": True},
+            {"name": "age", "type": "integer", "nullable": False},
+        ],
+        "output": {"kind": "regression"},
+    }
+    data = [
+        [pd.Timestamp("2026-01-01 18:00:00"), 1],
+        [np.datetime64("2026-01-02T06:30:00"), 2],
+        ["2026-01-03T00:00:00", 3],
+        [pd.NaT, 4],
+        [np.datetime64("NaT"), 5],
+    ]
+    frame = frame_from_payload(
+        {"dataframe_split": {"columns": ["ts", "age"], "data": data}}, signature
+    )
+    assert frame["ts"].tolist() == [
+        "2026-01-01T18:00:00",
+        "2026-01-02T06:30:00",
+        "2026-01-03T00:00:00",
+        None,
+        None,
+    ]
+    required = {**signature, "inputs": [{**signature["inputs"][0], "nullable": False}]}
+    with pytest.raises(InputError, match="row 0 has no value"):
+        check_payload({"rows": [{"ts": pd.NaT}]}, required)
+    with pytest.raises(InputError, match="column 'ts' expects datetime"):
+        check_payload({"rows": [{"ts": 17}]}, required)
