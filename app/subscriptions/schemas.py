@@ -23,6 +23,7 @@ EVENT_TYPES = (
     "alert.fired",
     "alert.resolved",
     "drift.detected",
+    "retrain.promote_failed",
 )
 
 
