@@ -265,3 +265,28 @@ def test_a_promotion_that_fails_for_any_reason_is_an_event_and_shown_on_the_poli
     shown = served.get(f"{URL}/{policy['id']}").json()
     assert "A/B test" in shown["last_promote_failure"]["reason"]
     assert shown["last_retrain"]["evaluation_id"] == fired["id"]
+
+
+def test_a_trigger_that_keeps_firing_during_a_retrain_is_reported_once(
+    served: TestClient,
+    labelled: Labelled,
+    jobs: InlineJobs,
+    session_factory: sessionmaker[Session],
+) -> None:
+    labelled(frame(200, seed=11), flip=True)
+    policy = create(
+        served,
+        triggers={"performance": {"metric": "accuracy", "below": 0.7, "min_samples": 100}},
+        cooldown="1h",
+    )
+    tick(jobs)
+    assert evaluations(served, policy["id"])[-1]["outcome"] == "fired"
+    labelled(frame(200, seed=12), flip=True)  # still wrong while the retrain runs
+    for _ in range(4):
+        tick(jobs)
+    coalesced = [e for e in evaluations(served, policy["id"]) if e["outcome"] == "coalesced"]
+    assert len(coalesced) == 4  # every check is kept...
+    assert all("in progress" in e["reason"] for e in coalesced)
+    [sent] = events(session_factory, "policy.coalesced")  # ...and reported once
+    assert sent.payload["evaluation"] == coalesced[0]["id"]
+    assert f"already reported with evaluation #{coalesced[0]['id']}" in coalesced[-1]["reason"]
