@@ -8,6 +8,8 @@ A signature is a plain dict so it can be stored as JSON and shipped in serving b
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import pandas as pd
+
 Verdict = Literal["identical", "compatible", "breaking"]
 NUMERIC = {"integer", "float"}
 
@@ -40,6 +42,41 @@ def from_model(model: Any) -> list[dict[str, Any]] | None:
     if names is None:
         return None
     return [{"name": str(n), "type": "float", "nullable": False} for n in names]
+
+
+def conform(frame: pd.DataFrame, inputs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The signature's input columns typed as the signature types them.
+
+    Rows read back from JSON (prediction logs) carry datetimes as text and integers that may
+    have become floats; typed again, the table a retrain learns from has the same column types
+    as the one the served version was trained on, so the retrained version's signature (and
+    its preprocessing: a timestamp is not a category) stays the same. Datetimes are in UTC, so
+    logged rows and the original training set can be put in one table. Values that do not fit
+    the type become missing rather than changing the column's type.
+    """
+    typed = frame.copy()
+    for column in inputs:
+        name = column["name"]
+        if name in typed.columns:
+            typed[name] = _as_type(typed[name], column["type"])
+    return typed
+
+
+def _as_type(series: "pd.Series[Any]", kind: str) -> "pd.Series[Any]":
+    if kind == "datetime":
+        if pd.api.types.is_datetime64_any_dtype(series.dtype):
+            return pd.to_datetime(series, utc=True)
+        return pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
+    if kind in NUMERIC:
+        numbers = pd.to_numeric(series, errors="coerce")
+        present = numbers.dropna()
+        if kind == "integer" and bool((present == present.round()).all()):
+            return numbers.astype("Int64") if numbers.isna().any() else numbers.astype("int64")
+        return numbers.astype("float64")
+    if kind == "boolean":
+        flags = series.map(lambda v: v if isinstance(v, bool) else None)
+        return flags.astype("boolean") if flags.isna().any() else flags.astype(bool)
+    return series
 
 
 def missing_features(model: Any, inputs: Sequence[dict[str, Any]]) -> list[str]:

@@ -46,6 +46,22 @@ def require_target(frame: pd.DataFrame, target: str) -> None:
         raise TrainingError(f"target column {target!r} is not in the dataset; columns: {names}")
 
 
+def without_columns(frame: pd.DataFrame, excluded: Collection[str], *, target: str) -> pd.DataFrame:
+    """The table without the columns a train task leaves out (a timestamp, an id): the model
+    neither learns from them nor asks for them at predict time."""
+    if not excluded:
+        return frame
+    if target in excluded:
+        raise TrainingError(f"exclude_columns names the target {target!r}; it is what is learned")
+    unknown = [c for c in excluded if c not in frame.columns]
+    if unknown:
+        names = ", ".join(repr(str(c)) for c in list(frame.columns)[:20])
+        raise TrainingError(
+            f"exclude_columns: {', '.join(map(repr, unknown))} not in the dataset; columns: {names}"
+        )
+    return frame.drop(columns=list(excluded))
+
+
 def split(
     frame: pd.DataFrame, *, target: str, test_size: float, seed: int, stratify: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -146,7 +146,11 @@ def _load_parent(parent: dict[str, Any]) -> Any:
 def stage_train(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
     started, seed = time.monotonic(), int(request.get("seed", 0))
     target = request["target"]
-    train, test = _split(request, _read(request))
+    excluded = list(request.get("exclude_columns") or [])
+    frame = training.without_columns(_read(request), excluded, target=target)
+    if excluded:
+        say(f"leaving out {', '.join(excluded)}")
+    train, test = _split(request, frame)
     say(f"split: {len(train)} training rows, {len(test)} test rows")
     hyperparameters = dict(request.get("hyperparameters") or {})
     estimator, entrypoint = request.get("estimator"), request.get("entrypoint")
@@ -244,7 +248,9 @@ def stage_evaluate(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
         training.require_target(frame, target)
         rows = frame[frame[target].notna()]
         say(f"evaluating on all {len(rows)} labelled rows")
-    metrics = evaluation.evaluate(model, rows, target)
+    # the candidate left these columns out; the champion may still take them
+    excluded = [c for c in request.get("exclude_columns") or [] if c in rows.columns]
+    metrics = evaluation.evaluate(model, rows.drop(columns=excluded), target)
     _say_metrics("candidate", metrics)
     result: dict[str, Any] = {"metrics": metrics, "champion_metrics": None}
     champion = request.get("champion")

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -72,6 +72,17 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ExcludeColumns = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=250)]] | None,
+    Field(
+        max_length=1000,
+        description="Columns of the dataset the model neither learns from nor takes as "
+        "inputs (a timestamp, an id). A retraining policy leaves out its time column unless "
+        "this is set.",
+    ),
+]
+
+
 class _TrainEstimatorParams(_Params):
     estimator: str
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
@@ -80,6 +91,7 @@ class _TrainEstimatorParams(_Params):
     test_size: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 0
     preprocessing: Literal["auto", "none"] = "auto"
+    exclude_columns: ExcludeColumns = None
 
 
 class _TrainRepoParams(_Params):
@@ -89,6 +101,7 @@ class _TrainRepoParams(_Params):
     dataset: str | None = Field(default=None, max_length=250, pattern=RESOURCE_NAME_PATTERN)
     test_size: float | None = Field(default=None, gt=0, lt=1)
     seed: int | None = None
+    exclude_columns: ExcludeColumns = None
 
 
 class _Thresholds(_Params):
@@ -177,12 +190,21 @@ def _check_hyperparameters(hyper: dict[str, Any]) -> None:
             )
 
 
+def _check_excluded(excluded: list[str] | None, target: str | None) -> None:
+    """Which columns exist is known when the run reads its data; the target never goes."""
+    if excluded and target in excluded:
+        raise ValueError(f"exclude_columns names the target {target!r}; it is what is learned")
+    if excluded and len(set(excluded)) != len(excluded):
+        raise ValueError("exclude_columns names a column twice")
+
+
 def _train(params: dict[str, Any]) -> dict[str, Any]:
     if "entrypoint" in params:
         if "estimator" in params:
             raise ValueError("give either 'estimator' or 'entrypoint', not both")
         repo = _parse(_TrainRepoParams, params)
         _check_hyperparameters(repo.hyperparameters)
+        _check_excluded(repo.exclude_columns, repo.target)
         # Only what the user set: the repository's flywheel.yaml supplies its own defaults.
         return repo.model_dump(exclude_unset=True)
     if "estimator" not in params:
@@ -194,7 +216,11 @@ def _train(params: dict[str, Any]) -> dict[str, Any]:
             "(see ALLOWED_ESTIMATORS, e.g. 'sklearn.ensemble.RandomForestClassifier')"
         )
     _check_hyperparameters(parsed.hyperparameters)
-    return parsed.model_dump()
+    _check_excluded(parsed.exclude_columns, parsed.target)
+    # Left out when unset, so a policy can tell "not set" (its default applies) from [].
+    return parsed.model_dump(
+        exclude={"exclude_columns"} if parsed.exclude_columns is None else None
+    )
 
 
 def _evaluate(params: dict[str, Any]) -> dict[str, Any]:

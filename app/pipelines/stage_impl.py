@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from app.core.errors import AppError
 from app.core.jobs import JobContext
+from app.datasets.models import DatasetVersion
 from app.deployments import rollouts
 from app.deployments import service as deployments
 from app.deployments.models import Deployment, Environment
@@ -16,6 +17,7 @@ from app.deployments.schemas import (
     PromoteRequest,
     VariantSpec,
 )
+from app.ml import signature as signatures
 from app.ml.model_files import ModelFileError, file_types
 from app.pipelines.stages import (
     ALLOWED,
@@ -34,7 +36,7 @@ from app.registry import jobs as registry_jobs
 from app.registry import packaging
 from app.registry import service as registry
 from app.registry.models import ModelVersion, RegisteredModel, VersionStatus
-from app.registry.schemas import ModelCreate, VersionCreate
+from app.registry.schemas import ModelCreate, SignatureInput, VersionCreate
 from app.tracking import service as tracking
 from app.tracking.models import Experiment, RunStatus
 from app.tracking.schemas import (
@@ -60,6 +62,7 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
     if not target:
         raise StageFailed("no target column: set params.target or train.target in flywheel.yaml")
     hyperparameters = {**(config.get("params") or {}), **(params.get("hyperparameters") or {})}
+    excluded = list(params.get("exclude_columns") or [])
     with ctx.transaction() as session:
         parent, continue_from = _continue_from(ctx, session, params.get("continue_from"))
         version = dataset_file(ctx, session, stage.inputs.get("dataset_version_id"))
@@ -103,6 +106,7 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
         "estimator": params.get("estimator"),
         "hyperparameters": hyperparameters,
         "preprocessing": params.get("preprocessing", "auto"),
+        "exclude_columns": excluded,
         "entrypoint": entrypoint,
         "source_dir": str(source) if source else None,
         "allowed_estimators": ALLOWED,
@@ -135,6 +139,7 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
             "dataset_version_id": version.id,
             "dataset_digest": version.digest,
             "target": target,
+            "exclude_columns": excluded,
             "commit": commit,
             "metrics": result.get("metrics", {}),
             "task": result.get("task"),
@@ -217,6 +222,7 @@ def evaluate(ctx: JobContext, stage: StageInput, control: Control, workdir: Path
         "dataset_path": str(ctx.artifacts.resolve(dataset.uri)),
         "dataset_format": dataset.format,
         "target": trained["target"],
+        "exclude_columns": trained.get("exclude_columns", []),
         # the holdout is rebuilt from the split the train task used
         "test_size": params.get("test_size", trained.get("split", {}).get("test_size", 0.2)),
         "seed": params.get("seed", trained.get("split", {}).get("seed", 0)),
@@ -253,6 +259,21 @@ def evaluate(ctx: JobContext, stage: StageInput, control: Control, workdir: Path
     return StageResult(status, outputs, error)
 
 
+def _signature_without(session: Any, trained: dict[str, Any]) -> SignatureInput | None:
+    """The inputs when the train task left columns out: the dataset's columns without the
+    target and those (None otherwise: the registry takes them from the dataset itself)."""
+    excluded = trained.get("exclude_columns") or []
+    if not excluded:
+        return None
+    dataset = session.get(DatasetVersion, trained["dataset_version_id"])
+    if dataset is None:
+        raise StageFailed(f"dataset version {trained['dataset_version_id']} no longer exists")
+    inputs = signatures.from_schema(
+        dataset.schema["columns"], exclude=[trained["target"], *excluded]
+    )
+    return SignatureInput.model_validate({"inputs": inputs})
+
+
 def register(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -> StageResult:
     trained = _trained(stage)
     name, alias = stage.params["model"], stage.params.get("alias")
@@ -272,6 +293,7 @@ def register(ctx: JobContext, stage: StageInput, control: Control, workdir: Path
                     artifact_path=trained["artifact_path"],
                     dataset_version_id=trained["dataset_version_id"],
                     target=trained["target"],
+                    signature=_signature_without(session, trained),
                     metrics=metrics,
                     description=f"pipeline {stage.pipeline} run {stage.run_id}",
                     parent_version=trained.get("parent_version"),

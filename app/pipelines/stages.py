@@ -92,9 +92,10 @@ class Control:
 
 
 # Run params a task takes even when its spec leaves them out: tuned hyperparameters, and
-# what a retraining policy sets (the model to continue from, the alias to register under).
+# what a retraining policy sets (the model to continue from, the columns to leave out, the
+# alias to register under).
 RUN_LEVEL_PARAMS: dict[str, frozenset[str]] = {
-    "train": frozenset({"hyperparameters", "continue_from"}),
+    "train": frozenset({"hyperparameters", "continue_from", "exclude_columns"}),
     "register": frozenset({"alias"}),
 }
 

@@ -24,6 +24,7 @@ EVENT_TYPES = (
     "alert.resolved",
     "drift.detected",
     "drift.feature_detected",
+    "retrain.promote_failed",
 )
 
 

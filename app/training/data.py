@@ -13,7 +13,7 @@ from app.core.artifacts import ArtifactStore
 from app.core.errors import Unprocessable
 from app.datasets import service as datasets
 from app.datasets.models import DatasetVersion
-from app.ml import windows
+from app.ml import signature, windows
 from app.monitoring import service as monitoring
 from app.monitoring.models import DriftReport
 from app.monitoring.windows import Window
@@ -86,6 +86,12 @@ def production_rows(
     return frame.iloc[::-1].reset_index(drop=True)  # oldest first
 
 
+def _typed(frame: pd.DataFrame, version: ModelVersion) -> pd.DataFrame:
+    """The served version's inputs typed as its signature says: logged JSON carries a
+    datetime as text, which would otherwise come back as a category (a breaking change)."""
+    return signature.conform(frame, (version.signature or {}).get("inputs", []))
+
+
 def dataset_rows(session: Session, store: ArtifactStore, data: DataSpec) -> pd.DataFrame:
     """The latest version of the policy's dataset, its time column renamed to the common one."""
     assert data.dataset is not None
@@ -120,6 +126,7 @@ def policy_rows(
         frame = production_rows(
             session, deployment, version, since=after or EPOCH, until=now, max_rows=data.max_rows
         )
+    frame = _typed(frame, version)
     return frame if after is None else frame[frame[TIME] > after]
 
 
@@ -139,7 +146,7 @@ def original_rows(
         raise Unprocessable(
             f"the original training set (dataset version {stored.id}) lacks {missing}"
         )
-    return frame[wanted]
+    return _typed(frame[wanted], version)
 
 
 def select_window(
@@ -176,10 +183,22 @@ def select_window(
 
 
 def keep(
-    session: Session, store: ArtifactStore, policy_name: str, rows: pd.DataFrame
+    session: Session,
+    store: ArtifactStore,
+    policy_name: str,
+    rows: pd.DataFrame,
+    *,
+    time_column: str | None = None,
 ) -> DatasetVersion:
-    """The selected rows without the bookkeeping columns, as `<policy>-window` version N."""
-    features = rows.drop(columns=[c for c in (TIME, ERROR) if c in rows.columns])
+    """The selected rows as `<policy>-window` version N, without the bookkeeping columns.
+
+    A dataset's own time column (`time_column`) stays, under its name: the rows are kept as
+    the dataset had them, and the champion, if it takes that column, can still be judged on
+    them; the train run leaves it out (see `retrain.start`)."""
+    features = rows.drop(columns=[ERROR], errors="ignore")
+    if time_column is not None:
+        features = features.rename(columns={TIME: time_column})
+    features = features.drop(columns=[TIME], errors="ignore")
     return datasets.add_frame_version(session, store, f"{policy_name}-window", features)
 
 

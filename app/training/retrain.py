@@ -11,20 +11,24 @@ from sqlalchemy.orm import Session
 from app.auth.service import Principal
 from app.core.artifacts import ArtifactStore
 from app.core.db import utcnow
-from app.core.errors import AppError
+from app.core.errors import AppError, Conflict
 from app.core.security import Role
 from app.deployments import rollouts
 from app.deployments.models import Deployment, Rollout, RolloutState
 from app.deployments.schemas import PromoteRequest
 from app.events import service as events
+from app.ml import signature as signatures
 from app.pipelines import service as pipelines
 from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun
+from app.pipelines.spec import PipelineSpec
+from app.registry.models import ModelVersion
 from app.training import data
 from app.training.models import PolicyEvaluation, RetrainingPolicy
 from app.training.schemas import DataSpec, TrainingSpec
 from app.training.service import served_version
 
 IN_FLIGHT = ("running", "rolling_out")
+PROMOTE_FAILED = "retrain.promote_failed"  # the challenger was registered but not rolled out
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
@@ -83,8 +87,11 @@ def start(
         )
     if online and len(selection.rows):
         policy.last_online_row_at = selection.rows[data.TIME].max().to_pydatetime()
-    kept = data.keep(session, store, policy.name, selection.rows)
+    kept = data.keep(session, store, policy.name, selection.rows, time_column=spec.time_column)
     params: dict[str, Any] = {"alias": CHALLENGER}
+    excluded = _default_exclusion(pipeline, spec, training)
+    if excluded:
+        params["exclude_columns"] = excluded
     if training.mode != "scratch":
         params["continue_from"] = {
             "version_id": version.id,
@@ -112,6 +119,17 @@ def start(
         "mode": training.mode,
         "pipeline": pipeline.name,
     }
+
+
+def _default_exclusion(pipeline: Pipeline, spec: DataSpec, training: TrainingSpec) -> list[str]:
+    """The policy's time column orders the rows for windows; as a model input it would be a
+    required column no client can sensibly fill, and a category to the next retrain. Left out
+    of a fit from scratch unless the train task says which columns to leave out itself; a
+    continued fit keeps the inputs of the version it continues."""
+    if spec.time_column is None or training.mode != "scratch":
+        return []
+    train = next(t for t in PipelineSpec.model_validate(pipeline.spec).tasks if t.type == "train")
+    return [] if "exclude_columns" in train.params else [spec.time_column]
 
 
 def follow_up(session: Session, policy: RetrainingPolicy, evaluation: PolicyEvaluation) -> None:
@@ -165,6 +183,7 @@ def _run_ended(
     assert deployment is not None
     ref = f"{registered.outputs['model']}/{registered.outputs['version']}"
     try:
+        _refuse_breaking(session, deployment, evaluation.model_version_id, detail)
         rollout = rollouts.promote(
             session,
             deployment.name,
@@ -172,12 +191,72 @@ def _run_ended(
             by=principal(policy),
         )
     except AppError as exc:
-        detail["promote_error"] = exc.message
-        _finish(session, policy, evaluation, "registered", detail)
+        _promote_failed(session, policy, evaluation, detail, exc.message)
         return
     evaluation.rollout_id = rollout.id
     evaluation.retrain_status = "rolling_out"
     evaluation.retrain_detail = {**evaluation.retrain_detail, **detail}
+
+
+def _refuse_breaking(
+    session: Session, deployment: Deployment, version_id: int | None, detail: dict[str, Any]
+) -> None:
+    """Conflict when the challenger's inputs or outputs changed in a way callers of what
+    production serves would notice; the comparison goes in `detail` either way."""
+    challenger = session.get(ModelVersion, version_id) if version_id is not None else None
+    current = served_version(session, deployment)
+    if challenger is None or not challenger.signature or not current.signature:
+        return
+    verdict = signatures.compare(current.signature, challenger.signature)
+    detail["signature"] = {"against_version": current.version, **verdict}
+    if verdict["verdict"] == "breaking":
+        changes = "; ".join(_change_text(c) for c in verdict["changes"])
+        raise Conflict(
+            f"not promoted automatically: v{challenger.version}'s signature is breaking against "
+            f"v{current.version}, which {deployment.name!r} serves ({changes}); promote it by "
+            "hand once its callers are ready",
+            code="breaking_signature",
+        )
+
+
+def _change_text(change: dict[str, Any]) -> str:
+    """`ts: datetime -> string`, `city removed`, `classes: [0, 1] -> [0, 1, 2]`."""
+    what = change.get("column", change["change"])
+    if "from" in change:
+        return f"{what}: {change['from']} -> {change['to']}"
+    return f"{what} {change['change']}" if "column" in change else str(what)
+
+
+def _promote_failed(
+    session: Session,
+    policy: RetrainingPolicy,
+    evaluation: PolicyEvaluation,
+    detail: dict[str, Any],
+    reason: str,
+) -> None:
+    """The challenger stays registered; why it was not rolled out is recorded, shown on the
+    policy and sent as its own event, so nobody has to read evaluations to learn of it."""
+    detail["promote_error"] = reason
+    _finish(session, policy, evaluation, "registered", detail)
+    events.record(
+        session,
+        PROMOTE_FAILED,
+        f"policy:{policy.name}",
+        {
+            "policy": policy.name,
+            "evaluation": evaluation.id,
+            "deployment": _deployment_name(session, policy),
+            "model_version_id": evaluation.model_version_id,
+            "challenger_version": detail.get("challenger_version"),
+            "reason": reason,
+        },
+        principal(policy).name,
+    )
+
+
+def _deployment_name(session: Session, policy: RetrainingPolicy) -> str | None:
+    deployment = session.get(Deployment, policy.deployment_id)
+    return deployment.name if deployment else None
 
 
 def _finish(
@@ -190,7 +269,6 @@ def _finish(
     evaluation.retrain_status = status
     evaluation.retrain_detail = {**evaluation.retrain_detail, **detail}
     evaluation.finished_at = utcnow()
-    deployment = session.get(Deployment, policy.deployment_id)
     events.record(
         session,
         f"retrain.{status}",
@@ -198,7 +276,7 @@ def _finish(
         {
             "policy": policy.name,
             "evaluation": evaluation.id,
-            "deployment": deployment.name if deployment else None,
+            "deployment": _deployment_name(session, policy),
             "model_version_id": evaluation.model_version_id,
             **{k: v for k, v in detail.items() if k in ("reasons", "error", "rollout_reason")},
         },

@@ -135,6 +135,32 @@ class PolicyUpdate(_Strict):
     enabled: bool | None = None
 
 
+class RetrainOutcome(BaseModel):
+    """How the policy's latest retrain went, with the reason when it did not reach production."""
+
+    evaluation_id: int
+    status: str | None = Field(
+        description="running, rejected, failed, registered, rolling_out, promoted, rolled_back"
+    )
+    started_at: datetime
+    finished_at: datetime | None
+    pipeline_run_id: int | None
+    challenger_version: int | None
+    reason: str | None = Field(
+        description="why it failed, was rejected, rolled back or was not promoted"
+    )
+
+
+class PromoteFailure(BaseModel):
+    """A blessed challenger the policy registered but could not roll out (also sent as the
+    `retrain.promote_failed` event)."""
+
+    evaluation_id: int
+    at: datetime | None
+    challenger_version: int | None
+    reason: str
+
+
 class PolicyRead(BaseModel):
     id: int
     name: str
@@ -150,6 +176,10 @@ class PolicyRead(BaseModel):
     next_schedule_at: datetime | None
     next_online_at: datetime | None
     last_retrain_at: datetime | None
+    last_retrain: RetrainOutcome | None = Field(description="the latest retrain's outcome")
+    last_promote_failure: PromoteFailure | None = Field(
+        description="the latest automatic promotion that failed, and why"
+    )
     created_by: str | None
     created_at: datetime
     updated_at: datetime

@@ -32,6 +32,8 @@ from app.training.schemas import (
     PolicyCreate,
     PolicyRead,
     PolicyUpdate,
+    PromoteFailure,
+    RetrainOutcome,
     TrainingSpec,
     Triggers,
 )
@@ -303,10 +305,61 @@ def to_read(session: Session, policy: RetrainingPolicy) -> PolicyRead:
         next_schedule_at=policy.next_schedule_at,
         next_online_at=policy.next_online_at,
         last_retrain_at=policy.last_retrain_at,
+        last_retrain=_last_retrain(session, policy),
+        last_promote_failure=_last_promote_failure(session, policy),
         created_by=policy.created_by,
         created_at=policy.created_at,
         updated_at=policy.updated_at,
     )
+
+
+def _retrains(
+    session: Session, policy: RetrainingPolicy, status: str | None, limit: int
+) -> list[PolicyEvaluation]:
+    stmt = select(PolicyEvaluation).where(PolicyEvaluation.policy_id == policy.id)
+    if status is None:
+        stmt = stmt.where(PolicyEvaluation.retrain_status.is_not(None))
+    else:
+        stmt = stmt.where(PolicyEvaluation.retrain_status == status)
+    return list(session.scalars(stmt.order_by(PolicyEvaluation.id.desc()).limit(limit)))
+
+
+def _outcome_reason(detail: dict[str, Any]) -> str | None:
+    for key in ("promote_error", "error", "rollout_reason"):
+        if detail.get(key):
+            return str(detail[key])
+    return "; ".join(map(str, detail.get("reasons") or [])) or None
+
+
+def _last_retrain(session: Session, policy: RetrainingPolicy) -> RetrainOutcome | None:
+    found = _retrains(session, policy, None, 1)
+    if not found:
+        return None
+    latest = found[0]
+    detail = latest.retrain_detail or {}
+    return RetrainOutcome(
+        evaluation_id=latest.id,
+        status=latest.retrain_status,
+        started_at=latest.evaluated_at,
+        finished_at=latest.finished_at,
+        pipeline_run_id=latest.pipeline_run_id,
+        challenger_version=detail.get("challenger_version"),
+        reason=_outcome_reason(detail) if latest.retrain_status != "promoted" else None,
+    )
+
+
+def _last_promote_failure(session: Session, policy: RetrainingPolicy) -> PromoteFailure | None:
+    """A failed promotion leaves its challenger `registered` with a `promote_error`."""
+    for evaluation in _retrains(session, policy, "registered", 20):
+        error = (evaluation.retrain_detail or {}).get("promote_error")
+        if error:
+            return PromoteFailure(
+                evaluation_id=evaluation.id,
+                at=evaluation.finished_at,
+                challenger_version=evaluation.retrain_detail.get("challenger_version"),
+                reason=str(error),
+            )
+    return None
 
 
 def list_evaluations(

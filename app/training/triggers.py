@@ -4,7 +4,7 @@ triggers are coalesced into at most one retrain per cooldown, and every evaluati
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.artifacts import ArtifactStore
@@ -262,12 +262,35 @@ def evaluate(
     return _record(session, policy, evaluation)
 
 
+def _first_coalesced(session: Session, policy: RetrainingPolicy) -> int | None:
+    """The first evaluation coalesced into the latest retrain (None if none was yet)."""
+    fired = session.scalar(
+        select(func.max(PolicyEvaluation.id)).where(
+            PolicyEvaluation.policy_id == policy.id, PolicyEvaluation.outcome == "fired"
+        )
+    )
+    return session.scalar(
+        select(func.min(PolicyEvaluation.id)).where(
+            PolicyEvaluation.policy_id == policy.id,
+            PolicyEvaluation.outcome == "coalesced",
+            PolicyEvaluation.id > (fired or 0),
+        )
+    )
+
+
 def _record(
     session: Session, policy: RetrainingPolicy, evaluation: PolicyEvaluation
 ) -> PolicyEvaluation:
+    """Keep the evaluation and say what it concluded. A trigger that keeps firing while a
+    retrain runs, rolls out or cools down (a metric staying low through a canary) is
+    coalesced on every check: each is kept, but `policy.coalesced` is sent for the first only,
+    so subscribers hear of it once per retrain rather than at every tick."""
+    earlier = _first_coalesced(session, policy) if evaluation.outcome == "coalesced" else None
+    if earlier is not None:
+        evaluation.reason += f" (already reported with evaluation #{earlier})"
     session.add(evaluation)
     session.flush()
-    if evaluation.outcome != "quiet":
+    if evaluation.outcome != "quiet" and earlier is None:
         payload: dict[str, Any] = {
             "policy": policy.name,
             "evaluation": evaluation.id,

@@ -26,6 +26,7 @@ from app.ml.training import (
     is_classifier_target,
     split,
     supports,
+    without_columns,
 )
 
 ALLOWED = [
@@ -96,6 +97,17 @@ def test_split_refuses_bad_test_size(size: float) -> None:
 def test_split_names_a_missing_target() -> None:
     with pytest.raises(TrainingError, match="'label' is not in the dataset"):
         split(binary_frame(), target="label", test_size=0.2, seed=0, stratify=False)
+
+
+def test_excluded_columns_are_dropped_and_unknown_ones_named() -> None:
+    frame = binary_frame()
+    kept = without_columns(frame, ["b"], target="y")
+    assert "b" not in kept.columns and "b" in frame.columns
+    assert without_columns(frame, [], target="y") is frame
+    with pytest.raises(TrainingError, match=r"'postcode' not in the dataset; columns: 'a', 'b'"):
+        without_columns(frame, ["b", "postcode"], target="y")
+    with pytest.raises(TrainingError, match="names the target 'y'"):
+        without_columns(frame, ["y"], target="y")
 
 
 def test_is_classifier_target() -> None:
