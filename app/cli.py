@@ -109,7 +109,11 @@ def api(
     port: PortOption = None,
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
 ) -> None:
-    """The control-plane API (production: run `flywheel db upgrade` first)."""
+    """The control-plane API (production: run `flywheel db upgrade` first).
+
+    With several workers, `kill -HUP <pid>` restarts them without downtime: each worker is
+    replaced only once its successor is serving, and a retiring worker finishes the requests
+    it holds (up to api_graceful_shutdown_seconds)."""
     settings = _settings(host, port)
     count = workers or settings.api_workers
     if count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -121,6 +125,8 @@ def api(
         workers=count,
         log_level="info",
         access_log=False,
+        timeout_worker_healthcheck=settings.api_worker_start_seconds,
+        timeout_graceful_shutdown=settings.api_graceful_shutdown_seconds,
     )
 
 

@@ -97,6 +97,18 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     gateway_port: int = Field(default=8080, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64)
+    api_worker_start_seconds: int = Field(
+        default=120,
+        gt=0,
+        description="How long a new API worker may take to import and start before it is "
+        "given up (on start-up and on a SIGHUP restart); uvicorn's own 5 s kills workers "
+        "still importing on a loaded host.",
+    )
+    api_graceful_shutdown_seconds: int = Field(
+        default=30,
+        gt=0,
+        description="How long a retiring API worker may spend finishing requests in flight.",
+    )
     max_upload_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest dataset or artifact upload accepted."
     )

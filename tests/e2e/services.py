@@ -1,5 +1,6 @@
 """Real processes for end-to-end tests: the API and Celery workers on Postgres and Redis."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -66,13 +67,12 @@ class Process:
         self.handle.close()
 
 
-def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+def start_api(env: dict[str, str], log_dir: Path, *extra: str) -> tuple[Process, str]:
     port = free_port()
-    process = Process(
-        [str(BIN / "flywheel"), "api", "--port", str(port)], env, log_dir / f"api-{port}.log"
-    )
+    args = [str(BIN / "flywheel"), "api", "--port", str(port), *extra]
+    process = Process(args, env, log_dir / f"api-{port}.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300  # generous: the whole stack imports on a loaded host
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
@@ -116,3 +116,13 @@ def admin_token(url: str) -> str:
         _, token = auth_service.create_token(session, name="e2e", role=Role.admin)
     engine.dispose()
     return token
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc: nothing matched by name)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found

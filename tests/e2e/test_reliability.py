@@ -24,6 +24,7 @@ from tests.e2e.services import (
     BIN,
     Process,
     admin_token,
+    children,
     free_port,
     redis_url,
     require_redis,
@@ -93,16 +94,6 @@ def database(database_url: str, requires_postgres: None) -> Iterator[str]:
     with scratch_postgres(database_url, prefix="flywheel_reliability") as url:
         upgrade(url)
         yield url
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (read from /proc: nothing matched by name)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def test_worker_killed_mid_task_the_run_still_completes(database: str, tmp_path: Path) -> None:
