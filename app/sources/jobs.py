@@ -52,9 +52,15 @@ def ingest_object(session: Session, ctx: JobContext, delivery_id: int, uri: str)
         path = local_path(ctx, uri)
         if not path.is_file():
             raise ObjectUnavailable(f"{uri} is not a file at {path}")
-        stored = ctx.artifacts.put_file(path, max_bytes=ctx.settings.max_upload_bytes)
+        staged = ctx.artifacts.stage_file(path, max_bytes=ctx.settings.max_upload_bytes)
         version, _ = datasets.add_version(
-            session, ctx.artifacts, dataset.name, stored, filename=path.name, source_uri=uri
+            session,
+            ctx.artifacts,
+            dataset.name,
+            staged,
+            limits=datasets.upload_limits(ctx.settings),
+            filename=path.name,
+            source_uri=uri,
         )
     except (ObjectUnavailable, AppError, OSError) as exc:
         delivery.outcome = "failed"
