@@ -10,6 +10,14 @@ from typing import Any, Literal
 
 Verdict = Literal["identical", "compatible", "breaking"]
 NUMERIC = {"integer", "float"}
+# A value of each column type as a client sends it in JSON (datetimes as ISO text).
+_PROBE_VALUES: dict[str, Any] = {
+    "integer": 0,
+    "float": 0.0,
+    "boolean": False,
+    "string": "",
+    "datetime": "2000-01-01T00:00:00",
+}
 
 
 def output_of(model: Any) -> dict[str, Any]:
@@ -40,6 +48,12 @@ def from_model(model: Any) -> list[dict[str, Any]] | None:
     if names is None:
         return None
     return [{"name": str(n), "type": "float", "nullable": False} for n in names]
+
+
+def probe_rows(inputs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One request row of the signature's types, to check a model answers what it promises
+    when no training rows are linked."""
+    return [{c["name"]: _PROBE_VALUES[c["type"]] for c in inputs}]
 
 
 def missing_features(model: Any, inputs: Sequence[dict[str, Any]]) -> list[str]:
