@@ -1,5 +1,6 @@
 """Registered models, versions (numbered atomically), aliases and their history."""
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,6 +151,13 @@ def upload_options(
         raise Unprocessable(
             f"metadata is not valid VersionOptions JSON: {exc.errors()[0]['msg']}"
         ) from exc
+    ignored = sorted(set(json.loads(metadata)) - set(VersionOptions.model_fields))
+    if ignored:
+        raise Unprocessable(
+            f"unknown keys in metadata {ignored}; VersionOptions has "
+            f"{sorted(VersionOptions.model_fields)}",
+            code="unknown_form_fields",
+        )
     fields = {"dataset_version_id": dataset_version_id, "target": target}
     given = {key: value for key, value in fields.items() if value is not None}
     twice = sorted(key for key in given if key in options.model_fields_set)

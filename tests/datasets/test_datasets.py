@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.datasets.files import constant_parquet, stored_files
+
 CSV = b"age,income,city,churned\n34,52000.5,Paris,true\n51,61000,Lyon,false\n29,,Paris,true\n"
 
 
@@ -120,27 +122,10 @@ def test_run_inputs_link_dataset_versions(api: TestClient, dataset: str, tmp_pat
     assert run["inputs"] == [{"dataset_version_id": version["id"], "context": "training"}]
 
 
-def _stored_files(settings) -> list[str]:  # type: ignore[no-untyped-def]
-    root = settings.resolved_artifact_root
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def _bomb_parquet(rows: int = 5_000_000) -> bytes:
-    """A few KiB that decode to millions of rows: one constant column."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    table = pa.table({"x": pa.array(np.zeros(rows, dtype=np.int64))})
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
-
-
 def test_a_small_parquet_file_of_millions_of_rows_is_refused_with_the_setting(
     api: TestClient, dataset: str, settings
 ) -> None:
-    content = _bomb_parquet()
+    content = constant_parquet(5_000_000)
     assert len(content) < 64 * 1024 and settings.max_dataset_rows < 5_000_000
     response = upload(api, dataset, content, filename="bomb.parquet")
     assert response.status_code == 413, response.text
@@ -157,7 +142,7 @@ def test_decoded_size_limit_names_its_setting(
     settings.max_dataset_uncompressed_bytes = 1_000_000
     response = client.post(
         f"/api/v1/datasets/{dataset}/versions",
-        files={"file": ("d.parquet", _bomb_parquet(200_000))},
+        files={"file": ("d.parquet", constant_parquet(200_000))},
         headers=auth(),
     )
     assert response.status_code == 413, response.text
@@ -173,19 +158,19 @@ def test_rejected_uploads_leave_no_bytes_in_the_artifact_store(
     api: TestClient, dataset: str, settings, content: bytes
 ) -> None:
     upload(api, dataset, CSV)  # the store exists and holds something already
-    before = _stored_files(settings)
+    before = stored_files(settings.resolved_artifact_root)
     response = upload(api, dataset, content)
     assert response.status_code == 422, response.text
-    assert _stored_files(settings) == before
+    assert stored_files(settings.resolved_artifact_root) == before
 
 
 def test_rejected_uploads_by_uri_leave_no_copy(api: TestClient, dataset: str, settings) -> None:
     landing = settings.resolved_artifact_root / "landing"
     landing.mkdir(parents=True)
     (landing / "broken.csv").write_bytes(b"a,b\n1,2\n3,4,5\n")
-    (landing / "bomb.parquet").write_bytes(_bomb_parquet())
-    before = _stored_files(settings)
+    (landing / "bomb.parquet").write_bytes(constant_parquet(5_000_000))
+    before = stored_files(settings.resolved_artifact_root)
     for uri, code in (("landing/broken.csv", 422), ("landing/bomb.parquet", 413)):
         response = api.post(f"/api/v1/datasets/{dataset}/versions", data={"uri": uri})
         assert response.status_code == code, response.text
-    assert _stored_files(settings) == before
+    assert stored_files(settings.resolved_artifact_root) == before

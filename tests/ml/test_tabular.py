@@ -15,6 +15,7 @@ from app.ml.tabular import (
     detect_format,
     read_table,
 )
+from tests.datasets.files import constant_parquet
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -286,11 +287,7 @@ ROOMY = TableLimits(max_rows=10_000_000, max_decoded_bytes=10 * 1024**3)
 
 
 def constant_rows(tmp_path: Path, rows: int) -> Path:
-    """A few KiB of Parquet (one constant column, dictionary and run-length encoded)."""
-    table = pa.table({"x": pa.array(np.zeros(rows, dtype=np.int64))})
-    path = tmp_path / "bomb.parquet"
-    pq.write_table(table, path, compression="zstd")
-    return path
+    return write(tmp_path, "bomb.parquet", constant_parquet(rows))
 
 
 def repeated_text(tmp_path: Path, rows: int, width: int) -> Path:

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from app.core.security import Role
 from tests.conftest import InlineJobs
+from tests.datasets.files import stored_files
 from tests.registry.helpers import FEATURES, Registry, churn_frame, fit_pipeline, skops_bytes
 
 
@@ -298,6 +299,8 @@ def test_upload_refuses_unknown_and_doubled_form_fields(
     assert error["details"]["unknown"] == ["targt"]
     doubled = _upload(api, "strict", content, target="churned", metadata='{"target": "y"}')
     assert doubled.status_code == 422 and "target" in doubled.json()["error"]["message"]
+    misspelt = _upload(api, "strict", content, metadata='{"dataset_versionid": 1}')
+    assert misspelt.status_code == 422 and "'dataset_versionid'" in misspelt.text
     wrong_type = _upload(api, "strict", content, dataset_version_id="first")
     assert wrong_type.status_code == 422
     assert api.get("/api/v1/models/strict/versions").json()["items"] == []
@@ -347,18 +350,13 @@ def test_a_numeric_model_still_gets_its_signature_from_the_model(
     assert [c["type"] for c in version["signature"]["inputs"]] == ["float", "float"]
 
 
-def _stored_files(settings) -> list[str]:  # type: ignore[no-untyped-def]
-    root = settings.resolved_artifact_root
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
 def test_rejected_model_uploads_leave_no_bytes_in_the_artifact_store(
     api: TestClient, settings, tmp_path: Path
 ) -> None:
     api.post("/api/v1/models", json={"name": "clean"})
     model = fit_pipeline(churn_frame())
     assert _upload(api, "clean", skops_bytes(model, tmp_path)).status_code == 202
-    before = _stored_files(settings)
+    before = stored_files(settings.resolved_artifact_root)
     refused = {
         "pickle": pickle.dumps(model),
         "empty": b"",
@@ -368,7 +366,7 @@ def test_rejected_model_uploads_leave_no_bytes_in_the_artifact_store(
     for what, content in refused.items():
         response = _upload(api, "clean", content)
         assert response.status_code == 422, (what, response.text)
-        assert _stored_files(settings) == before, what
+        assert stored_files(settings.resolved_artifact_root) == before, what
     unknown_field = _upload(api, "clean", skops_bytes(model, tmp_path), colour="red")
     assert unknown_field.status_code == 422
     not_a_dataset = _upload(
@@ -378,4 +376,4 @@ def test_rejected_model_uploads_leave_no_bytes_in_the_artifact_store(
         dataset_version_id="999999",
     )
     assert not_a_dataset.status_code == 422, not_a_dataset.text
-    assert _stored_files(settings) == before
+    assert stored_files(settings.resolved_artifact_root) == before

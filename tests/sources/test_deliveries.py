@@ -1,14 +1,10 @@
 """Every inbound delivery and its outcome through the API, failures after the 202 included."""
 
-import io
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -17,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.core.security import Role
 from app.events.models import Event
 from tests.conftest import InlineJobs
+from tests.datasets.files import constant_parquet, stored_files
 from tests.e2e.ci_flow import github_push
 from tests.pipelines.helpers import ci_spec, make_repo, upload_churn
 from tests.registry.helpers import churn_frame, csv_bytes
@@ -46,11 +43,6 @@ def _deliveries(client: TestClient, auth: Any, path: str, **params: Any) -> dict
     response = client.get(path, params=params, headers=auth(Role.viewer))
     assert response.status_code == 200, response.text
     return dict(response.json())
-
-
-def _stored_files(settings: Any) -> list[str]:
-    root = settings.resolved_artifact_root
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def test_a_failed_ingest_is_listed_with_its_reason_logged_and_an_event(
@@ -97,13 +89,11 @@ def test_a_compressed_bomb_from_a_data_webhook_fails_on_the_same_bounds(
 ) -> None:
     root = tmp_path / "buckets"
     (root / "bucket").mkdir(parents=True)
-    buffer = io.BytesIO()
-    pq.write_table(pa.table({"x": pa.array(np.zeros(5_000_000, dtype=np.int64))}), buffer)
-    (root / "bucket" / "bomb.parquet").write_bytes(buffer.getvalue())
+    (root / "bucket" / "bomb.parquet").write_bytes(constant_parquet(5_000_000))
     (root / "bucket" / "good.csv").write_bytes(csv_bytes(churn_frame(rows=50, seed=4)))
     _mirror(jobs, settings, root)
     bearer = {"Authorization": f"Bearer {landing['secret']}"}
-    before = _stored_files(settings)
+    before = stored_files(settings.resolved_artifact_root)
     for key, sequencer in (("bomb.parquet", "01"), ("good.csv", "02")):
         body = s3_event("bucket", key, sequencer=sequencer)
         assert client.post(landing["hook_path"], content=body, headers=bearer).status_code == 202
@@ -114,7 +104,8 @@ def test_a_compressed_bomb_from_a_data_webhook_fails_on_the_same_bounds(
     assert good["outcome"] == "ingested" and "churn v2" in good["message"]
     version = client.get("/api/v1/datasets/churn/versions/2", headers=auth(Role.viewer)).json()
     assert good["dataset_version_id"] == version["id"]
-    assert len(_stored_files(settings)) == len(before) + 1  # the good file only
+    after = stored_files(settings.resolved_artifact_root)
+    assert len(after) == len(before) + 1  # the good file only
 
 
 def test_git_deliveries_newest_first_paged_with_their_runs(
