@@ -19,6 +19,16 @@ class StoredObject:
     uri: str
 
 
+@dataclass(frozen=True)
+class StagedObject:
+    """Bytes written and hashed in staging but not yet in the store: check them, then
+    `publish` or `discard`, so a refused upload leaves nothing behind."""
+
+    path: Path
+    digest: str
+    size_bytes: int
+
+
 def validate_relative_path(path: str, *, what: str = "path") -> str:
     """Refuse anything that could name a place outside its folder: '..', absolute, backslashes."""
     if not path or len(path) > 1000:
@@ -76,7 +86,14 @@ class ArtifactStore:
             staged.replace(target)
         return StoredObject(digest=digest, size_bytes=size, uri=self.uri_for(digest))
 
-    def put_chunks(self, chunks: Iterable[bytes], *, max_bytes: int) -> StoredObject:
+    def publish(self, staged: StagedObject) -> StoredObject:
+        return self.commit_staged(staged.path, staged.digest)
+
+    def discard(self, staged: StagedObject) -> None:
+        """Drop staged bytes; nothing to do once they were published."""
+        staged.path.unlink(missing_ok=True)
+
+    def stage_chunks(self, chunks: Iterable[bytes], *, max_bytes: int) -> StagedObject:
         write = self.begin_write(max_bytes=max_bytes)
         try:
             for chunk in chunks:
@@ -84,9 +101,9 @@ class ArtifactStore:
         except BaseException:
             write.abort()
             raise
-        return write.finish()
+        return write.finish_staged()
 
-    async def put_stream(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StoredObject:
+    async def stage_stream(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StagedObject:
         write = self.begin_write(max_bytes=max_bytes)
         try:
             async for chunk in chunks:
@@ -94,15 +111,24 @@ class ArtifactStore:
         except BaseException:
             write.abort()
             raise
-        return write.finish()
+        return write.finish_staged()
+
+    def stage_file(self, source: Path, *, max_bytes: int) -> StagedObject:
+        with source.open("rb") as handle:
+            return self.stage_chunks(iter(lambda: handle.read(CHUNK), b""), max_bytes=max_bytes)
+
+    def put_chunks(self, chunks: Iterable[bytes], *, max_bytes: int) -> StoredObject:
+        return self.publish(self.stage_chunks(chunks, max_bytes=max_bytes))
+
+    async def put_stream(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StoredObject:
+        return self.publish(await self.stage_stream(chunks, max_bytes=max_bytes))
 
     def put_file(self, source: Path, *, max_bytes: int) -> StoredObject:
-        with source.open("rb") as handle:
-            return self.put_chunks(iter(lambda: handle.read(CHUNK), b""), max_bytes=max_bytes)
+        return self.publish(self.stage_file(source, max_bytes=max_bytes))
 
 
 class StagedWrite:
-    """A file being written into staging while its sha256 is computed; finish() publishes it."""
+    """A file being written into staging while its sha256 is computed; the store publishes it."""
 
     def __init__(self, store: ArtifactStore, fd: int, path: Path, max_bytes: int) -> None:
         self.store = store
@@ -123,6 +149,6 @@ class StagedWrite:
         self.out.close()
         self.path.unlink(missing_ok=True)
 
-    def finish(self) -> StoredObject:
+    def finish_staged(self) -> StagedObject:
         self.out.close()
-        return self.store.commit_staged(self.path, self.hasher.hexdigest())
+        return StagedObject(self.path, self.hasher.hexdigest(), self.size)

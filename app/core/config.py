@@ -112,6 +112,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest dataset or artifact upload accepted."
     )
+    max_dataset_rows: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Most rows a dataset file may hold; a Parquet file is checked from its "
+        "footer before it is decoded.",
+    )
+    max_dataset_uncompressed_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        description="Largest size a dataset file may decode to (rows times column widths plus "
+        "text); compressed Parquet pages can hold far more than the file's size.",
+    )
     max_request_body_bytes: int = Field(
         default=16 * 1024**2,
         ge=1,

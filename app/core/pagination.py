@@ -59,15 +59,21 @@ def decode_token(token: str) -> dict[str, Any]:
 
 
 def keyset_page(
-    session: Session, stmt: Select[Row], key: QueryableAttribute[int], params: PageParams
+    session: Session,
+    stmt: Select[Row],
+    key: QueryableAttribute[int],
+    params: PageParams,
+    *,
+    newest_first: bool = False,
 ) -> tuple[Sequence[Row], str | None]:
-    """Page a select ordered by an integer key, ascending."""
+    """Page a select ordered by an integer key, ascending (or descending: newest first)."""
     if params.page_token is not None:
         after = decode_token(params.page_token).get("after")
         if not isinstance(after, int):
             raise BadRequest("page_token is not valid for this list", code="invalid_page_token")
-        stmt = stmt.where(key > after)
-    rows = session.scalars(stmt.order_by(key).limit(params.page_size + 1)).all()
+        stmt = stmt.where(key < after if newest_first else key > after)
+    order = key.desc() if newest_first else key
+    rows = session.scalars(stmt.order_by(order).limit(params.page_size + 1)).all()
     if len(rows) <= params.page_size:
         return rows, None
     rows = rows[: params.page_size]

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import Editor, Viewer
-from app.core.artifacts import CHUNK, ArtifactStore, StoredObject
+from app.core.artifacts import CHUNK, ArtifactStore, StagedObject
 from app.core.config import API_PREFIX
 from app.core.deps import AppSettings, DbSession
 from app.core.errors import ErrorResponse, Unprocessable
@@ -47,7 +47,11 @@ def get_dataset(name: str, session: DbSession, _: Viewer) -> DatasetRead:
     "/{name}/versions",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetVersionRead,
-    responses={200: {"model": DatasetVersionRead}, 422: {"model": ErrorResponse}},
+    responses={
+        200: {"model": DatasetVersionRead},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+    },
 )
 async def create_dataset_version(
     name: str,
@@ -69,18 +73,25 @@ async def create_dataset_version(
     await run_in_threadpool(service.get_dataset_or_raise, session, name)
     if (file is None) == (uri is None):
         raise Unprocessable("send exactly one of a multipart `file` or a `uri` form field")
-    stored: StoredObject
+    staged: StagedObject
     if file is not None:
-        stored = await store.put_stream(_chunks(file), max_bytes=settings.max_upload_bytes)
+        staged = await store.stage_stream(_chunks(file), max_bytes=settings.max_upload_bytes)
         filename, source_uri = file.filename, None
     else:
         assert uri is not None
-        stored, filename = await run_in_threadpool(
-            service.store_from_uri, store, uri, max_bytes=settings.max_upload_bytes
+        staged, filename = await run_in_threadpool(
+            service.stage_from_uri, store, uri, max_bytes=settings.max_upload_bytes
         )
         source_uri = uri
     version, created = await run_in_threadpool(
-        service.add_version, session, store, name, stored, filename=filename, source_uri=source_uri
+        service.add_version,
+        session,
+        store,
+        name,
+        staged,
+        limits=service.upload_limits(settings),
+        filename=filename,
+        source_uri=source_uri,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -8,13 +8,27 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.artifacts import ArtifactStore, StoredObject
-from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.artifacts import ArtifactStore, StagedObject
+from app.core.config import Settings
+from app.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from app.core.pagination import PageParams, keyset_page
 from app.datasets.models import Dataset, DatasetVersion
 from app.datasets.schemas import DatasetCreate
 from app.ml.profile import infer_schema, profile_frame
-from app.ml.tabular import TableFormat, TableFormatError, detect_format, read_table
+from app.ml.tabular import (
+    TableFormat,
+    TableFormatError,
+    TableLimits,
+    TableTooLarge,
+    detect_format,
+    read_table,
+)
+
+# The setting that raises each bound, named in the refusal so an operator knows what to change.
+_LIMIT_SETTINGS = {
+    "rows": "FLYWHEEL_MAX_DATASET_ROWS",
+    "decoded_bytes": "FLYWHEEL_MAX_DATASET_UNCOMPRESSED_BYTES",
+}
 
 
 def create_dataset(session: Session, data: DatasetCreate) -> Dataset:
@@ -82,32 +96,65 @@ def latest_version_or_raise(session: Session, name: str) -> DatasetVersion:
     return found
 
 
+def upload_limits(settings: Settings) -> TableLimits:
+    return TableLimits(
+        max_rows=settings.max_dataset_rows,
+        max_decoded_bytes=settings.max_dataset_uncompressed_bytes,
+    )
+
+
 def add_version(
     session: Session,
     store: ArtifactStore,
     name: str,
-    stored: StoredObject,
+    staged: StagedObject,
     *,
+    limits: TableLimits | None,
     filename: str | None = None,
     source_uri: str | None = None,
 ) -> tuple[DatasetVersion, bool]:
-    """Register stored bytes as a version; identical content returns the existing version."""
+    """Register staged bytes as a version; identical content returns the existing version.
+
+    The staged bytes are published only once they read as a table within `limits` (None for
+    rows Flywheel wrote itself); refused or duplicate bytes are discarded.
+    """
+    try:
+        return _add_version(session, store, name, staged, limits, filename, source_uri)
+    finally:
+        store.discard(staged)
+
+
+def _add_version(
+    session: Session,
+    store: ArtifactStore,
+    name: str,
+    staged: StagedObject,
+    limits: TableLimits | None,
+    filename: str | None,
+    source_uri: str | None,
+) -> tuple[DatasetVersion, bool]:
     dataset = session.scalar(select(Dataset).where(Dataset.name == name).with_for_update())
     if dataset is None:
         raise NotFound(f"dataset {name!r} does not exist; create it with POST /api/v1/datasets")
     existing = session.scalar(
         select(DatasetVersion).where(
-            DatasetVersion.dataset_id == dataset.id, DatasetVersion.digest == stored.digest
+            DatasetVersion.dataset_id == dataset.id, DatasetVersion.digest == staged.digest
         )
     )
     if existing is not None:
         return existing, False
-    path = store.path_for_digest(stored.digest)
-    if stored.size_bytes == 0:
+    if staged.size_bytes == 0:
         raise Unprocessable("the file is empty; upload a CSV with a header row or a Parquet file")
-    fmt = detect_format(path, filename)
+    fmt = detect_format(staged.path, filename)
     try:
-        frame = read_table(path, fmt)
+        frame = read_table(staged.path, fmt, limits)
+    except TableTooLarge as exc:
+        setting = _LIMIT_SETTINGS[exc.limit]
+        raise PayloadTooLarge(
+            f"the {fmt} file is too large to ingest: {exc} (the limit is the setting {setting})",
+            code="dataset_too_large",
+            details={"limit": exc.limit, "setting": setting},
+        ) from exc
     except TableFormatError as exc:
         raise Unprocessable(
             f"could not read the {fmt} file: {exc}", code="malformed_dataset"
@@ -118,6 +165,7 @@ def add_version(
         )
         or 0
     ) + 1
+    stored = store.publish(staged)
     version = DatasetVersion(
         dataset_id=dataset.id,
         version=number,
@@ -143,16 +191,16 @@ def add_frame_version(
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     data = buffer.getvalue()
-    stored = store.put_chunks([data], max_bytes=len(data) + 1)
     if session.scalar(select(Dataset.id).where(Dataset.name == name)) is None:
         create_dataset(session, DatasetCreate(name=name))
-    version, _ = add_version(session, store, name, stored, filename=f"{name}.parquet")
+    staged = store.stage_chunks([data], max_bytes=len(data) + 1)
+    version, _ = add_version(session, store, name, staged, limits=None, filename=f"{name}.parquet")
     return version
 
 
-def store_from_uri(store: ArtifactStore, uri: str, *, max_bytes: int) -> tuple[StoredObject, str]:
+def stage_from_uri(store: ArtifactStore, uri: str, *, max_bytes: int) -> tuple[StagedObject, str]:
     """Take a file already on the artifact store (a path relative to its root)."""
     path = store.resolve(uri)
     if not path.is_file():
         raise Unprocessable(f"uri {uri!r} does not name a file on the artifact store")
-    return store.put_file(Path(path), max_bytes=max_bytes), path.name
+    return store.stage_file(Path(path), max_bytes=max_bytes), path.name

@@ -12,6 +12,14 @@ import pandas as pd
 
 Verdict = Literal["identical", "compatible", "breaking"]
 NUMERIC = {"integer", "float"}
+# A value of each column type as a client sends it in JSON (datetimes as ISO text).
+_PROBE_VALUES: dict[str, Any] = {
+    "integer": 0,
+    "float": 0.0,
+    "boolean": False,
+    "string": "",
+    "datetime": "2000-01-01T00:00:00",
+}
 
 
 def output_of(model: Any) -> dict[str, Any]:
@@ -77,6 +85,12 @@ def _as_type(series: "pd.Series[Any]", kind: str) -> "pd.Series[Any]":
         flags = series.map(lambda v: v if isinstance(v, bool) else None)
         return flags.astype("boolean") if flags.isna().any() else flags.astype(bool)
     return series
+
+
+def probe_rows(inputs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One request row of the signature's types, to check a model answers what it promises
+    when no training rows are linked."""
+    return [{c["name"]: _PROBE_VALUES[c["type"]] for c in inputs}]
 
 
 def missing_features(model: Any, inputs: Sequence[dict[str, Any]]) -> list[str]:

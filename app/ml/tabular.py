@@ -13,12 +13,14 @@ import csv
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal, TextIO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 TableFormat = Literal["csv", "parquet"]
@@ -47,6 +49,23 @@ class TableFormatError(ValueError):
     """The file cannot be used as a table; the message says what is wrong and how to fix it."""
 
 
+@dataclass(frozen=True)
+class TableLimits:
+    """How large a table may be once decoded: compressed files (Parquet's dictionary and
+    run-length pages) can hold millions of rows in a few KiB, so size on disk says little."""
+
+    max_rows: int
+    max_decoded_bytes: int
+
+
+class TableTooLarge(TableFormatError):
+    """The table is beyond a `TableLimits` bound; `limit` names which one."""
+
+    def __init__(self, message: str, *, limit: Literal["rows", "decoded_bytes"]) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 def detect_format(path: Path, filename: str | None = None) -> TableFormat:
     """Guess the format, trusting content over the name because uploads are often misnamed."""
     with path.open("rb") as handle:
@@ -56,13 +75,17 @@ def detect_format(path: Path, filename: str | None = None) -> TableFormat:
     return "parquet" if suffix in {".parquet", ".pq"} else "csv"
 
 
-def read_table(path: Path, fmt: TableFormat) -> pd.DataFrame:
-    """Read a whole table; every content problem raises `TableFormatError`, nothing else."""
+def read_table(path: Path, fmt: TableFormat, limits: TableLimits | None = None) -> pd.DataFrame:
+    """Read a whole table; every content problem raises `TableFormatError`, nothing else.
+
+    With `limits`, a table beyond them raises `TableTooLarge` before it is decoded (Parquet:
+    from the footer, then from the still dictionary-encoded text) or while it is parsed (CSV).
+    """
     if fmt not in ("csv", "parquet"):
         raise TableFormatError(f"unknown table format {fmt!r}; use 'csv' or 'parquet'")
     if path.stat().st_size == 0:
         raise TableFormatError(f"the file is empty; {_EXPORT_HINT}")
-    frame = _read_parquet(path) if fmt == "parquet" else _read_csv(path)
+    frame = _read_parquet(path, limits) if fmt == "parquet" else _read_csv(path, limits)
     if frame.shape[1] == 0:
         raise TableFormatError(f"the file has no columns; {_EXPORT_HINT}")
     if len(frame) == 0:
@@ -142,8 +165,32 @@ def _csv_error(exc: Exception) -> TableFormatError:
     return TableFormatError(f"could not parse the file as CSV ({first_line}); {_EXPORT_HINT}")
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Parse with pandas' C parser; names are checked on the raw header before pandas mangles."""
+def _too_many_rows(rows: int | None, limits: TableLimits) -> TableTooLarge:
+    """`rows` None: parsing stopped one row past the limit, so the count is unknown."""
+    counted = f"{rows:,} rows, more than" if rows is not None else "more rows than"
+    return TableTooLarge(
+        f"the table has {counted} the {limits.max_rows:,} accepted; "
+        "split it into several files or sample it",
+        limit="rows",
+    )
+
+
+def _check_decoded_bytes(decoded: int, limits: TableLimits) -> None:
+    if decoded > limits.max_decoded_bytes:
+        raise TableTooLarge(
+            f"the table decodes to about {decoded:,} bytes, more than the "
+            f"{limits.max_decoded_bytes:,} accepted; split it into several files or sample it",
+            limit="decoded_bytes",
+        )
+
+
+def _read_csv(path: Path, limits: TableLimits | None) -> pd.DataFrame:
+    """Parse with pandas' C parser; names are checked on the raw header before pandas mangles.
+
+    CSV text is not compressed, so its size on disk bounds its decoded size; rows are bounded
+    by parsing at most one row more than allowed."""
+    if limits is not None:
+        _check_decoded_bytes(path.stat().st_size, limits)
     quoted = _check_text(path)
     try:
         # header=None keeps duplicate/empty names raw, and makes an over-long first data row an
@@ -168,6 +215,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
             index_col=False,
             dtype_backend="numpy_nullable",
             low_memory=False,  # infer each column's type from all rows, never mixed per chunk
+            nrows=None if limits is None else limits.max_rows + 1,
         )
     except pd.errors.EmptyDataError:
         raise TableFormatError(
@@ -179,6 +227,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise _csv_error(exc) from exc
     if frame.shape[1] != len(names):
         raise TableFormatError(f"the header could not be read consistently; {_EXPORT_HINT}")
+    if limits is not None and len(frame) > limits.max_rows:
+        raise _too_many_rows(None, limits)
     frame.columns = pd.Index(names)
     # pandas pads short rows with missing values; they can only hide where the last column is null.
     if len(names) > 1 and bool(frame.iloc[:, -1].isna().any()):
@@ -217,8 +267,9 @@ def _field_counts(handle: TextIO, quoted: bool) -> Iterator[tuple[int, int, bool
         line = reader.line_num + 1
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
-    """Check the schema from the footer first, so a 50,000-column file is refused cheaply."""
+def _read_parquet(path: Path, limits: TableLimits | None) -> pd.DataFrame:
+    """Check the schema and size from the footer first, so a 50,000-column file or a few KiB
+    that decode to millions of rows are refused cheaply."""
     try:
         with pq.ParquetFile(path) as parquet:
             schema = parquet.schema_arrow
@@ -230,7 +281,10 @@ def _read_parquet(path: Path) -> pd.DataFrame:
                         "supported; store it as numbers, booleans, strings or timestamps "
                         "(flatten nested values, encode bytes as text)"
                     )
-            table = parquet.read(use_pandas_metadata=False)
+            if limits is None:
+                table = parquet.read(use_pandas_metadata=False)
+            else:
+                table = _read_parquet_within(path, parquet.metadata, schema, limits)
         frame = table.to_pandas(
             ignore_metadata=True, date_as_object=False, types_mapper=_MASKED_ARROW_TYPES.get
         )
@@ -243,6 +297,70 @@ def _read_parquet(path: Path) -> pd.DataFrame:
             f"({first_line}); upload it again or export it as CSV"
         ) from exc
     return _normalise(frame)
+
+
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+_POINTER_BYTES = 8  # per row of a variable-width column: an offset, or a pointer in pandas
+
+
+def _read_parquet_within(
+    path: Path, metadata: pq.FileMetaData, schema: pa.Schema, limits: TableLimits
+) -> pa.Table:
+    """Rows and fixed-width bytes from the footer, before any page is read; text read still
+    dictionary-encoded (memory bounded by the file's pages), measured, and only then decoded:
+    a dictionary page lets one long string repeated a million times cost a few bytes."""
+    rows = metadata.num_rows
+    if rows > limits.max_rows:
+        raise _too_many_rows(rows, limits)
+    stored: Counter[str] = Counter()  # per column, its pages once decompressed
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for column in range(row_group.num_columns):
+            chunk = row_group.column(column)
+            stored[chunk.path_in_schema] += chunk.total_uncompressed_size
+    text = [field.name for field in schema if _is_text(field.type)]
+    per_row, other_variable = 0, 0
+    for field in schema:
+        if field.name in text:
+            per_row += _POINTER_BYTES
+            continue
+        try:
+            per_row += (field.type.bit_width + 7) // 8
+        except ValueError:  # variable width: at least its pages' bytes
+            per_row += _POINTER_BYTES
+            other_variable += stored[field.name]
+    stored_text = sum(stored[name] for name in text)
+    _check_decoded_bytes(rows * per_row + other_variable + stored_text, limits)
+    with pq.ParquetFile(path, metadata=metadata, read_dictionary=text) as parquet:
+        table = parquet.read(use_pandas_metadata=False)
+    if table.num_rows > limits.max_rows:  # the footer claimed fewer rows than the pages hold
+        raise _too_many_rows(table.num_rows, limits)
+    decoded_text = sum(_decoded_text_bytes(table.column(name)) for name in text)
+    _check_decoded_bytes(table.num_rows * per_row + other_variable + decoded_text, limits)
+    for name in text:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(
+            index, schema.field(name), table.column(name).cast(schema.field(name).type)
+        )
+    return table
+
+
+def _is_text(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(arrow_type):
+        return _is_text(arrow_type.value_type)
+    return any(check(arrow_type) for check in _TEXT_TYPES)
+
+
+def _decoded_text_bytes(column: pa.ChunkedArray) -> int:
+    """What a dictionary-encoded text column weighs once every index is replaced by its value."""
+    total = 0
+    for chunk in column.chunks:
+        if isinstance(chunk, pa.DictionaryArray):
+            lengths = pc.take(pc.binary_length(chunk.dictionary), chunk.indices)
+        else:
+            lengths = pc.binary_length(chunk)
+        total += pc.sum(lengths).as_py() or 0
+    return int(total)
 
 
 def _supported_arrow_type(arrow_type: pa.DataType) -> bool:

@@ -1,7 +1,7 @@
 """Registry jobs: verify and describe a new version; build its serving bundle."""
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,7 @@ from app.datasets import service as datasets
 from app.datasets.models import DatasetVersion
 from app.ml import signature as signatures
 from app.ml.model_files import ModelFileError, load_model
+from app.ml.serving_contract import frame_from_payload
 from app.ml.tabular import TableFormatError
 from app.registry import packaging, service
 from app.registry.models import ModelVersion, PackageStatus, RegisteredModel, VersionStatus
@@ -19,6 +20,7 @@ from app.registry.models import ModelVersion, PackageStatus, RegisteredModel, Ve
 logger = logging.getLogger(__name__)
 BACKGROUND_ROWS = 100
 BACKGROUND_SEED = 0
+SignatureOrigin = Literal["declared", "dataset", "model"]
 
 
 class VersionRejected(Exception):
@@ -62,7 +64,7 @@ def _describe(session: Session, ctx: JobContext, version: ModelVersion) -> None:
         if version.dataset_version_id
         else None
     )
-    inputs = _inputs(model, version, dataset)
+    inputs, origin = _inputs(model, version, dataset)
     missing = signatures.missing_features(model, inputs)
     if missing:
         raise VersionRejected(f"the model was fitted on columns the signature lacks: {missing}")
@@ -71,6 +73,8 @@ def _describe(session: Session, ctx: JobContext, version: ModelVersion) -> None:
         version.background_sample = _background_sample(
             ctx, dataset, [c["name"] for c in inputs], model
         )
+    else:
+        _check_predicts_on_signature(model, version.signature, origin)
     model_row = session.get(RegisteredModel, version.model_id)
     assert model_row is not None
     current = service.champion(session, model_row)
@@ -83,20 +87,43 @@ def _describe(session: Session, ctx: JobContext, version: ModelVersion) -> None:
 
 def _inputs(
     model: Any, version: ModelVersion, dataset: DatasetVersion | None
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], SignatureOrigin]:
     if version.signature and version.signature.get("inputs"):
         declared: list[dict[str, Any]] = version.signature["inputs"]
-        return declared
+        return declared, "declared"
     if dataset is not None:
         exclude = [version.target] if version.target else []
-        return signatures.from_schema(dataset.schema["columns"], exclude=exclude)
+        return signatures.from_schema(dataset.schema["columns"], exclude=exclude), "dataset"
     inferred = signatures.from_model(model)
     if inferred is None:
         raise VersionRejected(
             "no signature: link the training data (dataset_version_id and target) "
             "or pass a signature"
         )
-    return inferred
+    return inferred, "model"
+
+
+def _check_predicts_on_signature(
+    model: Any, signature: dict[str, Any], origin: SignatureOrigin
+) -> None:
+    """Without training rows, predict on a row of the signature's types built as serving
+    builds it: a signature the model cannot answer must never be ready."""
+    try:
+        frame = frame_from_payload({"rows": signatures.probe_rows(signature["inputs"])}, signature)
+        model.predict(frame)
+    except Exception as exc:  # any failure of the model itself, as in its own training check
+        failure = f"{type(exc).__name__}: {exc}"
+        if origin == "model":
+            raise VersionRejected(
+                "the signature inferred from the model's fitted column names (every column a "
+                f"float) does not fit the model: predicting on a row of it fails ({failure}); "
+                "link the training data (dataset_version_id and target) or declare a signature"
+            ) from exc
+        raise VersionRejected(
+            f"the model fails to predict on a row of the declared signature's types ({failure}); "
+            "correct the declared types, or link the training data (dataset_version_id and "
+            "target) so the check uses its rows"
+        ) from exc
 
 
 def _background_sample(

@@ -2,7 +2,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -27,7 +26,6 @@ from app.registry.schemas import (
     ModelRead,
     ModelUpdate,
     VersionCreate,
-    VersionOptions,
     VersionPage,
     VersionRead,
     VersionUpdate,
@@ -97,7 +95,10 @@ def create_model_version(
 
 
 @router.post(
-    "/{name}/versions/upload", status_code=status.HTTP_202_ACCEPTED, response_model=VersionRead
+    "/{name}/versions/upload",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=VersionRead,
+    responses={413: {"model": ErrorResponse}},
 )
 async def upload_model_version(
     name: str,
@@ -107,19 +108,30 @@ async def upload_model_version(
     principal: Admin,
     file: Annotated[UploadFile, File(description="A model saved with skops.io.dump.")],
     metadata: Annotated[str, Form(description="VersionOptions as JSON.")] = "{}",
+    dataset_version_id: Annotated[
+        int | None, Form(description="Training data, as in metadata (either place, not both).")
+    ] = None,
+    target: Annotated[
+        str | None,
+        Form(max_length=250, description="Label column, as in metadata (either place)."),
+    ] = None,
 ) -> VersionRead:
-    """Register an uploaded skops file (admin only). Pickle and joblib files are refused."""
-    try:
-        options = VersionOptions.model_validate_json(metadata)
-    except ValidationError as exc:
-        raise Unprocessable(
-            f"metadata is not valid VersionOptions JSON: {exc.errors()[0]['msg']}"
-        ) from exc
+    """Register an uploaded skops file (admin only). Pickle and joblib files are refused.
+
+    Form fields: `file`, `metadata` (VersionOptions as JSON), and `dataset_version_id` and
+    `target` on their own; any other field is refused."""
+    form = await request.form()
+    options = service.upload_options(
+        metadata,
+        form_fields=list(form.keys()),
+        dataset_version_id=dataset_version_id,
+        target=target,
+    )
     await run_in_threadpool(service.get_model_or_raise, session, name)
     store: ArtifactStore = request.app.state.artifacts
-    stored = await store.put_stream(_chunks(file), max_bytes=settings.max_upload_bytes)
+    staged = await store.stage_stream(_chunks(file), max_bytes=settings.max_upload_bytes)
     version = await run_in_threadpool(
-        service.create_version_from_upload, session, store, name, stored, options, by=principal
+        service.create_version_from_upload, session, store, name, staged, options, by=principal
     )
     return _version_read(session, version.model, version)
 

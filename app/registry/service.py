@@ -1,13 +1,15 @@
 """Registered models, versions (numbered atomically), aliases and their history."""
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from app.auth.service import Principal
-from app.core.artifacts import ArtifactStore, StoredObject
+from app.core.artifacts import ArtifactStore, StagedObject, StoredObject
 from app.core.db import utcnow
 from app.core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.core.outbox import enqueue
@@ -30,6 +32,7 @@ from app.tracking import service as tracking
 PROTECTED_ALIASES = frozenset({"champion"})
 RESERVED_ALIASES = frozenset({"latest"})
 FINALIZE_JOB = "registry.finalize_version"
+UPLOAD_FORM_FIELDS = ("file", "metadata", "dataset_version_id", "target")
 
 
 def subject(model: RegisteredModel) -> str:
@@ -115,33 +118,87 @@ def create_version_from_run(
     stored = StoredObject(artifact.digest, artifact.size_bytes, store.uri_for(artifact.digest))
     return _create_version(
         session,
-        store,
         name,
         stored,
         data,
         by=by,
         run_id=data.run_id,
         run_artifact_path=data.artifact_path,
+        file=store.path_for_digest(artifact.digest),
     )
+
+
+def upload_options(
+    metadata: str,
+    *,
+    form_fields: Sequence[str],
+    dataset_version_id: int | None,
+    target: str | None,
+) -> VersionOptions:
+    """The upload's VersionOptions: the `metadata` JSON plus the fields also accepted on their
+    own; a field this endpoint does not read is refused rather than silently dropped."""
+    unknown = sorted(set(form_fields) - set(UPLOAD_FORM_FIELDS))
+    if unknown:
+        raise Unprocessable(
+            f"unknown form fields {unknown}; send {list(UPLOAD_FORM_FIELDS)}, and any other "
+            "version option inside the `metadata` JSON",
+            code="unknown_form_fields",
+            details={"unknown": unknown, "accepted": list(UPLOAD_FORM_FIELDS)},
+        )
+    try:
+        options = VersionOptions.model_validate_json(metadata)
+    except ValidationError as exc:
+        raise Unprocessable(
+            f"metadata is not valid VersionOptions JSON: {exc.errors()[0]['msg']}"
+        ) from exc
+    ignored = sorted(set(json.loads(metadata)) - set(VersionOptions.model_fields))
+    if ignored:
+        raise Unprocessable(
+            f"unknown keys in metadata {ignored}; VersionOptions has "
+            f"{sorted(VersionOptions.model_fields)}",
+            code="unknown_form_fields",
+        )
+    fields = {"dataset_version_id": dataset_version_id, "target": target}
+    given = {key: value for key, value in fields.items() if value is not None}
+    twice = sorted(key for key in given if key in options.model_fields_set)
+    if twice:
+        raise Unprocessable(
+            f"{twice} given both as form fields and inside metadata; send each once"
+        )
+    return options.model_copy(update=given)
 
 
 def create_version_from_upload(
     session: Session,
     store: ArtifactStore,
     name: str,
-    stored: StoredObject,
+    staged: StagedObject,
     data: VersionOptions,
     *,
     by: Principal,
 ) -> ModelVersion:
-    return _create_version(
-        session, store, name, stored, data, by=by, run_id=None, run_artifact_path=None
-    )
+    """The staged file joins the store only once the version is created; a refused upload
+    leaves no bytes behind."""
+    try:
+        stored = StoredObject(staged.digest, staged.size_bytes, store.uri_for(staged.digest))
+        version = _create_version(
+            session,
+            name,
+            stored,
+            data,
+            by=by,
+            run_id=None,
+            run_artifact_path=None,
+            file=staged.path,
+        )
+        store.publish(staged)
+        return version
+    finally:
+        store.discard(staged)
 
 
 def _create_version(
     session: Session,
-    store: ArtifactStore,
     name: str,
     stored: StoredObject,
     data: VersionOptions,
@@ -149,10 +206,11 @@ def _create_version(
     by: Principal,
     run_id: int | None,
     run_artifact_path: str | None,
+    file: Path,
 ) -> ModelVersion:
     """Cheap checks now (a 4xx that says what to fix); loading and profiling run as a job."""
     try:
-        info = inspect_file(store.path_for_digest(stored.digest))
+        info = inspect_file(file)
     except ModelFileError as exc:
         raise Unprocessable(str(exc), code="unsafe_model_file") from exc
     if data.dataset_version_id is None and data.signature is None and data.target is not None:

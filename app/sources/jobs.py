@@ -1,18 +1,24 @@
 """Turning an object-created notification into a dataset version and a pipeline run."""
 
+import logging
 from pathlib import Path
 from urllib.parse import urlparse
 
 from sqlalchemy.orm import Session
 
+from app.core.db import utcnow
 from app.core.errors import AppError
 from app.core.jobs import JobContext, job
 from app.datasets import service as datasets
 from app.datasets.models import Dataset
+from app.events import service as events
 from app.pipelines import service as pipelines
 from app.pipelines.models import Pipeline
 from app.sources.models import DataSource, GitSource, WebhookDelivery
 from app.sources.service import INGEST_JOB
+
+logger = logging.getLogger(__name__)
+INGEST_FAILED_EVENT = "data_source.ingest_failed"
 
 
 class ObjectUnavailable(ValueError):
@@ -38,6 +44,30 @@ def local_path(ctx: JobContext, uri: str) -> Path:
     raise ObjectUnavailable(f"unsupported uri scheme {parsed.scheme!r}; use s3:// or a store path")
 
 
+def _fail(
+    session: Session, delivery: WebhookDelivery, source: DataSource | None, reason: str
+) -> None:
+    """A failure after the webhook's 202: on the delivery (listed by the API), in the log and
+    as an event subscriptions can deliver."""
+    delivery.outcome, delivery.reason, delivery.settled_at = "failed", reason, utcnow()
+    name = source.name if source is not None else f"#{delivery.source_id}"
+    logger.warning(
+        "data source %s: ingest of delivery %s failed: %s", name, delivery.delivery_id, reason
+    )
+    events.record(
+        session,
+        INGEST_FAILED_EVENT,
+        f"data_source:{name}",
+        {
+            "data_source": name,
+            "delivery": delivery.id,
+            "delivery_id": delivery.delivery_id,
+            "uri": delivery.object_uri,
+            "reason": reason,
+        },
+    )
+
+
 @job(INGEST_JOB)
 def ingest_object(session: Session, ctx: JobContext, delivery_id: int, uri: str) -> None:
     delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
@@ -46,22 +76,28 @@ def ingest_object(session: Session, ctx: JobContext, delivery_id: int, uri: str)
     source = session.get(DataSource, delivery.source_id)
     dataset = session.get(Dataset, source.dataset_id) if source else None
     if source is None or dataset is None:
-        delivery.outcome, delivery.reason = "failed", "the data source or its dataset was deleted"
+        _fail(session, delivery, source, "the data source or its dataset was deleted")
         return
     try:
         path = local_path(ctx, uri)
         if not path.is_file():
             raise ObjectUnavailable(f"{uri} is not a file at {path}")
-        stored = ctx.artifacts.put_file(path, max_bytes=ctx.settings.max_upload_bytes)
+        staged = ctx.artifacts.stage_file(path, max_bytes=ctx.settings.max_upload_bytes)
         version, _ = datasets.add_version(
-            session, ctx.artifacts, dataset.name, stored, filename=path.name, source_uri=uri
+            session,
+            ctx.artifacts,
+            dataset.name,
+            staged,
+            limits=datasets.upload_limits(ctx.settings),
+            filename=path.name,
+            source_uri=uri,
         )
     except (ObjectUnavailable, AppError, OSError) as exc:
-        delivery.outcome = "failed"
-        delivery.reason = str(getattr(exc, "message", exc))
+        _fail(session, delivery, source, str(getattr(exc, "message", exc)))
         return
-    delivery.outcome = "ingested"
-    delivery.reason = f"{uri} -> {dataset.name} v{version.version}"
+    delivery.outcome, delivery.settled_at = "ingested", utcnow()
+    delivery.reason = f"{delivery.object_uri or uri} -> {dataset.name} v{version.version}"
+    delivery.dataset_version_id = version.id
     pipeline = session.get(Pipeline, source.pipeline_id) if source.pipeline_id else None
     if pipeline is None:
         return

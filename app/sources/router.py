@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.auth.dependencies import Admin
+from app.auth.dependencies import Admin, Viewer
 from app.auth.guard import MAX_HOOK_BODY
 from app.core.config import API_PREFIX
 from app.core.deps import AppSettings, DbSession
@@ -13,12 +13,14 @@ from app.core.pagination import PageParams, page_params
 from app.datasets.models import Dataset
 from app.pipelines.models import Pipeline
 from app.sources import gitops, service
-from app.sources.models import DataSource, GitSource
+from app.sources.models import DataSource, GitSource, WebhookDelivery
 from app.sources.schemas import (
     DataSourceCreate,
     DataSourceCreated,
     DataSourcePage,
     DataSourceRead,
+    DeliveryPage,
+    DeliveryRead,
     GitSourceCreate,
     GitSourceCreated,
     GitSourcePage,
@@ -60,6 +62,26 @@ def _data_read(session: Session, source: DataSource) -> dict[str, Any]:
     }
 
 
+def _delivery_read(delivery: WebhookDelivery) -> DeliveryRead:
+    return DeliveryRead(
+        id=delivery.id,
+        delivery_id=delivery.delivery_id,
+        event=delivery.event,
+        outcome=delivery.outcome,
+        message=delivery.reason,
+        object_uri=delivery.object_uri,
+        pipeline_run_id=delivery.pipeline_run_id,
+        dataset_version_id=delivery.dataset_version_id,
+        received_at=delivery.received_at,
+        settled_at=delivery.settled_at,
+    )
+
+
+def _deliveries(session: Session, kind: str, name: str, page: PageParams) -> DeliveryPage:
+    items, token = service.list_deliveries(session, kind, name, page)
+    return DeliveryPage(items=[_delivery_read(d) for d in items], next_page_token=token)
+
+
 @router.post("/git", status_code=status.HTTP_201_CREATED, response_model=GitSourceCreated)
 def create_git_source(
     body: GitSourceCreate, session: DbSession, settings: AppSettings, _: Admin
@@ -87,6 +109,12 @@ def delete_git_source(name: str, session: DbSession, _: Admin) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.get("/git/{name}/deliveries", response_model=DeliveryPage)
+def list_git_deliveries(name: str, session: DbSession, _: Viewer, page: Page) -> DeliveryPage:
+    """Every push or merge event received, newest first: ignored, or the run it started."""
+    return _deliveries(session, "git", name, page)
+
+
 @router.post("/data", status_code=status.HTTP_201_CREATED, response_model=DataSourceCreated)
 def create_data_source(
     body: DataSourceCreate, session: DbSession, settings: AppSettings, _: Admin
@@ -112,6 +140,13 @@ def get_data_source(name: str, session: DbSession, _: Admin) -> DataSourceRead:
 def delete_data_source(name: str, session: DbSession, _: Admin) -> Response:
     service.delete_data(session, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/data/{name}/deliveries", response_model=DeliveryPage)
+def list_data_deliveries(name: str, session: DbSession, _: Viewer, page: Page) -> DeliveryPage:
+    """Every object notification received, newest first: queued, ingested (with the dataset
+    version and run it started) or failed with the reason."""
+    return _deliveries(session, "data", name, page)
 
 
 async def _body(request: Request) -> bytes:

@@ -1,4 +1,5 @@
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -80,3 +81,30 @@ class HookResult(BaseModel):
     reason: str
     pipeline_run_ids: list[int] = Field(default_factory=list)
     deliveries: int = 1
+
+
+class DeliveryRead(BaseModel):
+    """One inbound delivery and what came of it; signatures and secrets are never kept."""
+
+    id: int
+    delivery_id: str = Field(
+        description="The sender's id: X-GitHub-Delivery, GitLab's Idempotency-Key, an object's "
+        "bucket/key@version#sequencer, or the generic body's delivery_id."
+    )
+    event: str = Field(description="push, pull_request, s3:ObjectCreated:Put, ...")
+    outcome: Literal["accepted", "ignored", "ingested", "failed"] = Field(
+        description="accepted: a run started (git) or ingest is queued (data); ignored: nothing "
+        "to do; ingested: the object became a dataset version; failed: see message."
+    )
+    message: str = Field(description="Why it was ignored, what was ingested, or what failed.")
+    object_uri: str | None = Field(description="The object a data delivery names.")
+    pipeline_run_id: int | None = Field(description="The pipeline run it started.")
+    dataset_version_id: int | None = Field(description="The dataset version it created.")
+    received_at: datetime
+    settled_at: datetime | None = Field(
+        description="When the outcome became final; null while ingest is queued."
+    )
+
+
+class DeliveryPage(Page[DeliveryRead]):
+    pass

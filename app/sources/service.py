@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import API_PREFIX, Settings
+from app.core.db import utcnow
 from app.core.errors import AppError, BadRequest, Conflict, NotFound, Unprocessable
 from app.core.outbox import enqueue
 from app.core.pagination import PageParams, keyset_page
@@ -125,16 +126,39 @@ def hook_path(kind: str, name: str) -> str:
     return f"{API_PREFIX}/hooks/{kind}/{name}"
 
 
+def list_deliveries(
+    session: Session, kind: str, name: str, page: PageParams
+) -> tuple[Sequence[WebhookDelivery], str | None]:
+    """A source's inbound deliveries, newest first."""
+    source = get_git_or_raise(session, name) if kind == "git" else get_data_or_raise(session, name)
+    stmt = select(WebhookDelivery).where(
+        WebhookDelivery.source_kind == kind, WebhookDelivery.source_id == source.id
+    )
+    return keyset_page(session, stmt, WebhookDelivery.id, page, newest_first=True)
+
+
 def _record_delivery(
-    session: Session, kind: str, source_id: int, delivery_id: str, outcome: str, reason: str
+    session: Session,
+    kind: str,
+    source_id: int,
+    delivery_id: str,
+    *,
+    event: str,
+    outcome: str,
+    reason: str,
+    object_uri: str | None = None,
 ) -> WebhookDelivery | None:
-    """None when this delivery id was seen before (the unique constraint decides races)."""
+    """None when this delivery id was seen before (the unique constraint decides races).
+    Only a queued ingest is unsettled: every other outcome is final when recorded."""
     delivery = WebhookDelivery(
         source_kind=kind,
         source_id=source_id,
         delivery_id=delivery_id,
+        event=event[:200],
         outcome=outcome,
         reason=reason,
+        object_uri=object_uri,
+        settled_at=None if kind == "data" and outcome == "accepted" else utcnow(),
     )
     try:
         with session.begin_nested():
@@ -169,7 +193,13 @@ def handle_git_hook(
     if accepted and not webhooks.branch_matches(push.branch or "", source.branch_pattern):
         accepted, reason = False, f"branch {push.branch!r} does not match {source.branch_pattern!r}"
     delivery = _record_delivery(
-        session, "git", source.id, push.delivery_id, "accepted" if accepted else "ignored", reason
+        session,
+        "git",
+        source.id,
+        push.delivery_id,
+        event=push.event,
+        outcome="accepted" if accepted else "ignored",
+        reason=reason,
     )
     if delivery is None:
         return HookResult(
@@ -218,7 +248,14 @@ def handle_data_hook(
     fresh = 0
     for event in found:
         delivery = _record_delivery(
-            session, "data", source.id, event.delivery_id, "accepted", event.uri
+            session,
+            "data",
+            source.id,
+            event.delivery_id,
+            event=event.event_name or "object",
+            outcome="accepted",
+            reason="queued for ingest",
+            object_uri=gitops.redact(event.uri),
         )
         if delivery is not None:
             fresh += 1

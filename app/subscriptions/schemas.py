@@ -12,6 +12,7 @@ EVENT_TYPES = (
     "model_version.packaged",
     "model.alias_moved",
     "pipeline_run.finished",
+    "data_source.ingest_failed",
     "deployment.created",
     "deployment.updated",
     "deployment.deleted",

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.datasets.files import constant_parquet, stored_files
+
 CSV = b"age,income,city,churned\n34,52000.5,Paris,true\n51,61000,Lyon,false\n29,,Paris,true\n"
 
 
@@ -118,3 +120,57 @@ def test_run_inputs_link_dataset_versions(api: TestClient, dataset: str, tmp_pat
         json={"experiment_id": exp["id"], "inputs": [{"dataset_version_id": version["id"]}]},
     ).json()
     assert run["inputs"] == [{"dataset_version_id": version["id"], "context": "training"}]
+
+
+def test_a_small_parquet_file_of_millions_of_rows_is_refused_with_the_setting(
+    api: TestClient, dataset: str, settings
+) -> None:
+    content = constant_parquet(5_000_000)
+    assert len(content) < 64 * 1024 and settings.max_dataset_rows < 5_000_000
+    response = upload(api, dataset, content, filename="bomb.parquet")
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "dataset_too_large"
+    assert "5,000,000 rows" in error["message"] and "FLYWHEEL_MAX_DATASET_ROWS" in error["message"]
+    assert error["details"] == {"limit": "rows", "setting": "FLYWHEEL_MAX_DATASET_ROWS"}
+    assert api.get(f"/api/v1/datasets/{dataset}/versions").json()["items"] == []
+
+
+def test_decoded_size_limit_names_its_setting(
+    client: TestClient, auth, settings, dataset: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings.max_dataset_uncompressed_bytes = 1_000_000
+    response = client.post(
+        f"/api/v1/datasets/{dataset}/versions",
+        files={"file": ("d.parquet", constant_parquet(200_000))},
+        headers=auth(),
+    )
+    assert response.status_code == 413, response.text
+    assert "FLYWHEEL_MAX_DATASET_UNCOMPRESSED_BYTES" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"a,b\n1,2\n3,4,5\n", b"\xff\xfe\x00garbage\x00\x01", b"PAR1not really parquet"],
+    ids=["empty", "malformed-csv", "binary", "bad-parquet"],
+)
+def test_rejected_uploads_leave_no_bytes_in_the_artifact_store(
+    api: TestClient, dataset: str, settings, content: bytes
+) -> None:
+    upload(api, dataset, CSV)  # the store exists and holds something already
+    before = stored_files(settings.resolved_artifact_root)
+    response = upload(api, dataset, content)
+    assert response.status_code == 422, response.text
+    assert stored_files(settings.resolved_artifact_root) == before
+
+
+def test_rejected_uploads_by_uri_leave_no_copy(api: TestClient, dataset: str, settings) -> None:
+    landing = settings.resolved_artifact_root / "landing"
+    landing.mkdir(parents=True)
+    (landing / "broken.csv").write_bytes(b"a,b\n1,2\n3,4,5\n")
+    (landing / "bomb.parquet").write_bytes(constant_parquet(5_000_000))
+    before = stored_files(settings.resolved_artifact_root)
+    for uri, code in (("landing/broken.csv", 422), ("landing/bomb.parquet", 413)):
+        response = api.post(f"/api/v1/datasets/{dataset}/versions", data={"uri": uri})
+        assert response.status_code == code, response.text
+    assert stored_files(settings.resolved_artifact_root) == before

@@ -7,7 +7,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.ml.tabular import MAX_COLUMNS, TableFormatError, detect_format, read_table
+from app.ml.tabular import (
+    MAX_COLUMNS,
+    TableFormatError,
+    TableLimits,
+    TableTooLarge,
+    detect_format,
+    read_table,
+)
+from tests.datasets.files import constant_parquet
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -271,3 +279,75 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "d.csv", "a\n1\n")
     with pytest.raises(TableFormatError, match="unknown table format"):
         read_table(path, "xlsx")  # type: ignore[arg-type]
+
+
+# --- size limits ------------------------------------------------------------------------------
+
+ROOMY = TableLimits(max_rows=10_000_000, max_decoded_bytes=10 * 1024**3)
+
+
+def constant_rows(tmp_path: Path, rows: int) -> Path:
+    return write(tmp_path, "bomb.parquet", constant_parquet(rows))
+
+
+def repeated_text(tmp_path: Path, rows: int, width: int) -> Path:
+    """One `width`-character string repeated `rows` times: a dictionary page and indices."""
+    indices = pa.array(np.zeros(rows, dtype=np.int32))
+    table = pa.table({"s": pa.DictionaryArray.from_arrays(indices, pa.array(["x" * width]))})
+    path = tmp_path / "text.parquet"
+    pq.write_table(table, path, compression="zstd", store_schema=False)  # read back as string
+    return path
+
+
+def test_parquet_row_count_is_bounded_from_the_footer(tmp_path: Path) -> None:
+    path = constant_rows(tmp_path, 5_000_000)
+    assert path.stat().st_size < 64 * 1024
+    limits = TableLimits(max_rows=2_000_000, max_decoded_bytes=10 * 1024**3)
+    with pytest.raises(TableTooLarge, match="5,000,000 rows, more than the 2,000,000") as caught:
+        read_table(path, "parquet", limits)
+    assert caught.value.limit == "rows"
+    assert len(read_table(path, "parquet", ROOMY)) == 5_000_000
+
+
+def test_parquet_decoded_size_is_bounded_before_pandas(tmp_path: Path) -> None:
+    """Fixed-width columns weigh rows x width whatever their pages hold."""
+    path = constant_rows(tmp_path, 1_000_000)
+    limits = TableLimits(max_rows=10_000_000, max_decoded_bytes=4_000_000)
+    with pytest.raises(TableTooLarge, match="8,000,000 bytes") as caught:
+        read_table(path, "parquet", limits)
+    assert caught.value.limit == "decoded_bytes"
+
+
+def test_parquet_dictionary_text_is_measured_decoded(tmp_path: Path) -> None:
+    """200,000 copies of a 10,000-character string: under a KiB on disk, 2 GB decoded."""
+    path = repeated_text(tmp_path, 200_000, 10_000)
+    assert path.stat().st_size < 4096
+    limits = TableLimits(max_rows=10_000_000, max_decoded_bytes=100 * 1024**2)
+    with pytest.raises(TableTooLarge, match="2,001,600,000 bytes"):
+        read_table(path, "parquet", limits)
+
+
+def test_parquet_within_limits_reads_as_without(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "n": pa.array([1, None, 3], pa.int64()),
+            "s": pa.array(["a", None, "c"]),
+            "l": pa.array(["x", "y", "x"], pa.large_string()),
+            "d": pa.array(["p", "q", "p"]).dictionary_encode(),
+            "t": pa.array([1, 2, 3], pa.timestamp("us")),
+        }
+    )
+    path = write_parquet(tmp_path, table)
+    bounded = read_table(path, "parquet", TableLimits(max_rows=3, max_decoded_bytes=10_000))
+    pd.testing.assert_frame_equal(bounded, read_table(path, "parquet"))
+
+
+def test_csv_rows_and_size_are_bounded(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", "a\n" + "1\n" * 11)
+    with pytest.raises(TableTooLarge, match="more rows than the 10 accepted") as caught:
+        read_table(path, "csv", TableLimits(max_rows=10, max_decoded_bytes=10_000))
+    assert caught.value.limit == "rows"
+    assert len(read_table(path, "csv", TableLimits(max_rows=11, max_decoded_bytes=10_000))) == 11
+    with pytest.raises(TableTooLarge, match="24 bytes") as caught:
+        read_table(path, "csv", TableLimits(max_rows=100, max_decoded_bytes=23))
+    assert caught.value.limit == "decoded_bytes"

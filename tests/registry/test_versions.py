@@ -1,3 +1,4 @@
+import json
 import pickle
 from pathlib import Path
 
@@ -6,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from app.core.security import Role
 from tests.conftest import InlineJobs
+from tests.datasets.files import stored_files
 from tests.registry.helpers import FEATURES, Registry, churn_frame, fit_pipeline, skops_bytes
 
 
@@ -161,9 +163,10 @@ def test_upload_needs_admin_and_valid_metadata(
     assert ok.status_code == 202, ok.text
     assert ok.json()["source"] == "upload" and ok.json()["run_id"] is None
     jobs.run()
-    ready = client.get("/api/v1/models/u/versions/1", headers=auth(Role.viewer)).json()
-    assert ready["status"] == "ready"
-    assert [c["name"] for c in ready["signature"]["inputs"]] == FEATURES  # from feature_names_in_
+    got = client.get("/api/v1/models/u/versions/1", headers=auth(Role.viewer)).json()
+    # no training data: the names come from feature_names_in_, but "city" as a float does not
+    # fit the OneHotEncoder, so the version is not ready (test_upload_form_fields_... below)
+    assert got["status"] == "failed" and "inferred" in got["status_message"]
 
 
 def test_tampered_artifact_fails_on_digest(
@@ -252,3 +255,125 @@ def test_crafted_skops_files_are_a_422_never_a_500(api: TestClient, tmp_path: Pa
         assert response.json()["error"]["code"] == "unsafe_model_file"
         assert expected in response.json()["error"]["message"]
     assert api.get("/api/v1/models/crafted/versions").json()["items"] == []
+
+
+def _upload(api: TestClient, name: str, content: bytes, **data: str):  # type: ignore[no-untyped-def]
+    return api.post(
+        f"/api/v1/models/{name}/versions/upload", files={"file": ("m.skops", content)}, data=data
+    )
+
+
+def test_upload_form_fields_give_the_signature_from_the_dataset(
+    api: TestClient, registry: Registry, jobs: InlineJobs, tmp_path: Path
+) -> None:
+    """dataset_version_id and target as plain form fields, not only inside `metadata`."""
+    frame = churn_frame()
+    dataset = registry.dataset_version(frame)
+    api.post("/api/v1/models", json={"name": "form"})
+    content = skops_bytes(fit_pipeline(frame), tmp_path)
+    response = _upload(
+        api, "form", content, dataset_version_id=str(dataset["id"]), target="churned"
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["dataset_version_id"] == dataset["id"]
+    assert response.json()["target"] == "churned"
+    jobs.run()
+    version = api.get("/api/v1/models/form/versions/1").json()
+    assert version["status"] == "ready", version["status_message"]
+    assert [(c["name"], c["type"]) for c in version["signature"]["inputs"]] == [
+        ("age", "integer"),
+        ("income", "float"),
+        ("city", "string"),
+    ]
+
+
+def test_upload_refuses_unknown_and_doubled_form_fields(
+    api: TestClient, registry: Registry, tmp_path: Path
+) -> None:
+    api.post("/api/v1/models", json={"name": "strict"})
+    content = skops_bytes(fit_pipeline(churn_frame()), tmp_path)
+    unknown = _upload(api, "strict", content, dataset_version_id="1", targt="churned")
+    assert unknown.status_code == 422, unknown.text
+    error = unknown.json()["error"]
+    assert error["code"] == "unknown_form_fields" and "'targt'" in error["message"]
+    assert error["details"]["unknown"] == ["targt"]
+    doubled = _upload(api, "strict", content, target="churned", metadata='{"target": "y"}')
+    assert doubled.status_code == 422 and "target" in doubled.json()["error"]["message"]
+    misspelt = _upload(api, "strict", content, metadata='{"dataset_versionid": 1}')
+    assert misspelt.status_code == 422 and "'dataset_versionid'" in misspelt.text
+    wrong_type = _upload(api, "strict", content, dataset_version_id="first")
+    assert wrong_type.status_code == 422
+    assert api.get("/api/v1/models/strict/versions").json()["items"] == []
+
+
+def test_a_signature_the_model_cannot_predict_on_is_never_ready(
+    api: TestClient, jobs: InlineJobs, tmp_path: Path
+) -> None:
+    """A OneHotEncoder pipeline on a string column uploaded without its data: the names come
+    from the model, the types cannot, so the version fails with the reason, visible through
+    the API; a declared signature of the right types is checked and ready."""
+    api.post("/api/v1/models", json={"name": "onehot"})
+    content = skops_bytes(fit_pipeline(churn_frame()), tmp_path)
+    assert _upload(api, "onehot", content).status_code == 202
+    declared = [
+        {"name": "age", "type": "integer"},
+        {"name": "income", "type": "float"},
+        {"name": "city", "type": "string"},
+    ]
+    metadata = json.dumps({"signature": {"inputs": declared}})
+    assert _upload(api, "onehot", content, metadata=metadata).status_code == 202
+    all_float = json.dumps({"signature": {"inputs": [dict(c, type="float") for c in declared]}})
+    assert _upload(api, "onehot", content, metadata=all_float).status_code == 202
+    jobs.run()
+    inferred = api.get("/api/v1/models/onehot/versions/1").json()
+    assert inferred["status"] == "failed", inferred["signature"]
+    assert "every column a float" in inferred["status_message"]
+    assert "dataset_version_id and target" in inferred["status_message"]
+    assert api.get("/api/v1/models/onehot/versions/2").json()["status"] == "ready"
+    wrong = api.get("/api/v1/models/onehot/versions/3").json()
+    assert wrong["status"] == "failed" and "declared signature" in wrong["status_message"]
+    assert api.get("/api/v1/models/onehot/versions/latest").json()["version"] == 2
+
+
+def test_a_numeric_model_still_gets_its_signature_from_the_model(
+    api: TestClient, jobs: InlineJobs, tmp_path: Path
+) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    frame = churn_frame()[["age", "income"]]
+    model = LinearRegression().fit(frame, frame["age"] * 2.0)
+    api.post("/api/v1/models", json={"name": "numeric"})
+    assert _upload(api, "numeric", skops_bytes(model, tmp_path)).status_code == 202
+    jobs.run()
+    version = api.get("/api/v1/models/numeric/versions/1").json()
+    assert version["status"] == "ready", version["status_message"]
+    assert [c["type"] for c in version["signature"]["inputs"]] == ["float", "float"]
+
+
+def test_rejected_model_uploads_leave_no_bytes_in_the_artifact_store(
+    api: TestClient, settings, tmp_path: Path
+) -> None:
+    api.post("/api/v1/models", json={"name": "clean"})
+    model = fit_pipeline(churn_frame())
+    assert _upload(api, "clean", skops_bytes(model, tmp_path)).status_code == 202
+    before = stored_files(settings.resolved_artifact_root)
+    refused = {
+        "pickle": pickle.dumps(model),
+        "empty": b"",
+        "binary": bytes(range(256)) * 64,
+        "gadget": skops_bytes(Gadget(), tmp_path),
+    }
+    for what, content in refused.items():
+        response = _upload(api, "clean", content)
+        assert response.status_code == 422, (what, response.text)
+        assert stored_files(settings.resolved_artifact_root) == before, what
+    unknown_field = _upload(api, "clean", skops_bytes(model, tmp_path), colour="red")
+    assert unknown_field.status_code == 422
+    not_a_dataset = _upload(
+        api,
+        "clean",
+        skops_bytes(fit_pipeline(churn_frame(seed=5)), tmp_path),
+        dataset_version_id="999999",
+    )
+    assert not_a_dataset.status_code == 422, not_a_dataset.text
+    assert stored_files(settings.resolved_artifact_root) == before
