@@ -20,6 +20,7 @@ from app.datasets.models import DatasetVersion
 from app.deployments import service as deployments
 from app.deployments.models import Deployment, VariantMode
 from app.events import service as events
+from app.events.types import EventType
 from app.ml import drift
 from app.monitoring.models import DriftReport, DriftSchedule, PredictionLog
 from app.monitoring.schemas import DriftOptions, DriftReportCreate, DriftScheduleWrite
@@ -161,7 +162,7 @@ def compute(session: Session, report: DriftReport) -> None:
     if result.dataset_drifted:
         events.record(
             session,
-            "drift.detected",
+            EventType.drift_detected,
             f"deployment:{deployment.name}",
             {
                 "deployment": deployment.name,

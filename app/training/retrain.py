@@ -3,7 +3,7 @@ the champion on the window's holdout, register as `challenger`), then roll the c
 out by the deployment's rollout policy; the champion alias moves only when that completes."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from app.deployments import rollouts
 from app.deployments.models import Deployment, Rollout, RolloutState
 from app.deployments.schemas import PromoteRequest
 from app.events import service as events
+from app.events.types import declared
 from app.pipelines import service as pipelines
 from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun
 from app.training import data
@@ -25,6 +26,8 @@ from app.training.schemas import DataSpec, TrainingSpec
 from app.training.service import served_version
 
 IN_FLIGHT = ("running", "rolling_out")
+RetrainOutcome = Literal["rejected", "failed", "registered", "promoted", "rolled_back"]
+"""How a retrain ends; each is emitted as `retrain.<outcome>`."""
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
@@ -127,7 +130,9 @@ def follow_up(session: Session, policy: RetrainingPolicy, evaluation: PolicyEval
         rollout = session.get(Rollout, evaluation.rollout_id)
         if rollout is None or rollout.state == RolloutState.running:
             return
-        status = "promoted" if rollout.state == RolloutState.completed else "rolled_back"
+        status: RetrainOutcome = (
+            "promoted" if rollout.state == RolloutState.completed else "rolled_back"
+        )
         _finish(session, policy, evaluation, status, {"rollout_reason": rollout.reason})
 
 
@@ -184,7 +189,7 @@ def _finish(
     session: Session,
     policy: RetrainingPolicy,
     evaluation: PolicyEvaluation,
-    status: str,
+    status: RetrainOutcome,
     detail: dict[str, Any],
 ) -> None:
     evaluation.retrain_status = status
@@ -193,7 +198,7 @@ def _finish(
     deployment = session.get(Deployment, policy.deployment_id)
     events.record(
         session,
-        f"retrain.{status}",
+        declared(f"retrain.{status}"),
         f"policy:{policy.name}",
         {
             "policy": policy.name,
