@@ -55,7 +55,8 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
     publish: Publish | None = None,
 ) -> FastAPI:
-    """`publish` hands outbox jobs to a transport; Celery on the configured broker by default."""
+    """`publish` hands outbox jobs to a transport; Celery on the configured broker by default,
+    from a thread of the dispatcher's own so that a broker outage never holds a request."""
     settings = settings or get_settings()
     if session_factory is None:
         session_factory = create_session_factory(create_db_engine(settings.resolved_database_url))
@@ -70,8 +71,12 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.artifacts = ArtifactStore(settings.resolved_artifact_root)
     app.state.artifacts.ensure()
+    # A broker is published to off the request path (it may be down); a transport passed in
+    # (tests, in-process) is called right after the commit.
     app.state.dispatcher = Dispatcher(
-        session_factory, publish or celery_publisher(get_celery(settings))
+        session_factory,
+        publish or celery_publisher(get_celery(settings)),
+        background=publish is None,
     )
 
     install_error_handlers(app)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from app.core.db import Base, BigId, utcnow
 
 PENDING_IDS_KEY = "flywheel.outbox.pending"
+RELAY_BATCH = 100
 
 
 class OutboxMessage(Base):
@@ -49,7 +50,11 @@ Publish = Callable[[OutboxMessage], None]
 
 
 def relay(
-    session: Session, publish: Publish, *, ids: Sequence[int] | None = None, limit: int = 100
+    session: Session,
+    publish: Publish,
+    *,
+    ids: Sequence[int] | None = None,
+    limit: int = RELAY_BATCH,
 ) -> int:
     """Publish due rows (oldest first); rows other relays hold are skipped, not waited for."""
     stmt = (

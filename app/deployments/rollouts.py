@@ -9,7 +9,7 @@ logged and rewrites the desired state, which the gateway then converges to."""
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -31,11 +31,15 @@ from app.deployments.models import (
 )
 from app.deployments.schemas import Guardrails, PromoteRequest, RolloutPolicy
 from app.events import service as events
+from app.events.types import declared
 from app.explain.models import FeatureImportance, ImportanceStatus
 from app.ml.explain import ndcg
 from app.monitoring import repository
 from app.registry import service as registry
 from app.registry.models import ModelVersion
+
+RolloutAction = Literal["start", "hold", "advance", "complete", "rollback"]
+"""A rollout decision; each is emitted as `rollout.<action>`."""
 
 
 def steps_for(policy: RolloutPolicy) -> list[int]:
@@ -359,7 +363,7 @@ def _decide(
     session: Session,
     deployment: Deployment,
     rollout: Rollout,
-    action: str,
+    action: RolloutAction,
     reason: str,
     numbers: dict[str, Any],
 ) -> None:
@@ -379,7 +383,7 @@ def _decide(
     session.flush()
     events.record(
         session,
-        f"rollout.{action}",
+        declared(f"rollout.{action}"),
         f"deployment:{deployment.name}",
         {
             "deployment": deployment.name,

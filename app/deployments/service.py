@@ -14,6 +14,7 @@ from app.core.security import Role
 from app.deployments.models import Deployment, Environment, Replica, Variant, VariantMode
 from app.deployments.schemas import DeploymentCreate, DeploymentUpdate, VariantSpec
 from app.events import service as events
+from app.events.types import EventType
 from app.registry import service as registry
 from app.registry.models import ModelVersion, VersionStatus
 
@@ -66,7 +67,7 @@ def create(session: Session, data: DeploymentCreate, *, by: Principal) -> Deploy
     )
     session.add(deployment)
     session.flush()
-    _record(session, deployment, "deployment.created", by)
+    _record(session, deployment, EventType.deployment_created, by)
     return deployment
 
 
@@ -105,14 +106,14 @@ def update(session: Session, name: str, data: DeploymentUpdate, *, by: Principal
     deployment.generation += 1
     deployment.updated_at = utcnow()
     session.flush()
-    _record(session, deployment, "deployment.updated", by)
+    _record(session, deployment, EventType.deployment_updated, by)
     return deployment
 
 
 def delete(session: Session, name: str, *, by: Principal) -> None:
     deployment = get_or_raise(session, name, for_update=True)
     require_deployer(deployment.environment, by)
-    _record(session, deployment, "deployment.deleted", by)
+    _record(session, deployment, EventType.deployment_deleted, by)
     session.delete(deployment)
     session.flush()
 
@@ -143,7 +144,7 @@ def replicas(session: Session, deployment: Deployment) -> Sequence[tuple[Replica
     return [(row[0], row[1]) for row in session.execute(stmt)]
 
 
-def _record(session: Session, deployment: Deployment, type_: str, by: Principal) -> None:
+def _record(session: Session, deployment: Deployment, type_: EventType, by: Principal) -> None:
     events.record(
         session,
         type_,

@@ -20,6 +20,7 @@ from app.core.pagination import PageParams, keyset_page
 from app.deployments import service as deployments
 from app.deployments.models import Deployment, VariantMode
 from app.events import service as events
+from app.events.types import EventType
 from app.explain.models import FeatureImportance, ImportanceStatus
 from app.ml.explain import ndcg
 from app.monitoring import service
@@ -257,7 +258,9 @@ def _fire(
     )
     session.add(alert)
     session.flush()
-    events.record(session, "alert.fired", f"deployment:{deployment.name}", _payload(rule, alert))
+    events.record(
+        session, EventType.alert_fired, f"deployment:{deployment.name}", _payload(rule, alert)
+    )
 
 
 def _resolve(
@@ -268,7 +271,7 @@ def _resolve(
     ):
         alert.state, alert.resolved_at = "resolved", now
         payload = _payload(rule, alert) | {"value": value}
-        events.record(session, "alert.resolved", f"deployment:{deployment.name}", payload)
+        events.record(session, EventType.alert_resolved, f"deployment:{deployment.name}", payload)
 
 
 def _payload(rule: AlertRule, alert: Alert) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from app.datasets.models import DatasetVersion
 from app.deployments import service as deployments
 from app.deployments.models import Deployment, VariantMode
 from app.events import service as events
+from app.events.types import EventType
 from app.ml import drift
 from app.monitoring.models import DriftReport, DriftSchedule, PredictionLog
 from app.monitoring.schemas import DriftOptions, DriftReportCreate, DriftScheduleWrite
@@ -215,9 +216,9 @@ def _record_drift(
             if feature.drifted
         }
         payload = summary | {"dataset_drifted": result.dataset_drifted, "features": scores}
-        events.record(session, "drift.feature_detected", subject, payload)
+        events.record(session, EventType.drift_feature_detected, subject, payload)
     if result.dataset_drifted:
-        events.record(session, "drift.detected", subject, summary)
+        events.record(session, EventType.drift_detected, subject, summary)
 
 
 def get_or_raise(session: Session, deployment: Deployment, report_id: int) -> DriftReport:

@@ -20,6 +20,7 @@ from app.core.jobs import JobContext, job
 from app.core.outbox import enqueue
 from app.datasets.models import Dataset, DatasetVersion
 from app.events import service as events
+from app.events.types import EventType
 from app.pipelines import stages
 from app.pipelines.models import PipelineRun, RunStatus, TaskRun, TaskStatus
 from app.pipelines.service import ADVANCE_JOB, EXECUTE_JOB, run_status_of
@@ -153,7 +154,7 @@ def _finish(session: Session, run: PipelineRun, status: RunStatus) -> None:
         run.error = "; ".join(f"{t.name}: {t.error}" for t in failed if t.error) or None
     events.record(
         session,
-        "pipeline_run.finished",
+        EventType.pipeline_run_finished,
         f"pipeline:{run.pipeline.name}",
         {"pipeline": run.pipeline.name, "run_id": run.id, "status": status.value},
     )

@@ -20,6 +20,7 @@ from app.core.outbox import enqueue
 from app.core.pagination import PageParams, keyset_page
 from app.datasets.models import DatasetVersion
 from app.events import service as events
+from app.events.types import EventType
 from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun, TaskStatus
 from app.pipelines.schemas import PipelineCreate, PipelineUpdate
 from app.pipelines.spec import PipelineSpec
@@ -135,7 +136,7 @@ def start_run(
     enqueue(session, ADVANCE_JOB, {"run_id": run.id})
     events.record(
         session,
-        "pipeline_run.created",
+        EventType.pipeline_run_created,
         f"pipeline:{pipeline.name}",
         {"pipeline": pipeline.name, "run_id": run.id, "trigger": trigger, "commit": commit},
         created_by,

@@ -24,6 +24,7 @@ from app.core.errors import Conflict
 from app.core.jobs import JobContext
 from app.core.outbox import enqueue
 from app.events import service as events
+from app.events.types import EventType
 from app.ml import model_files, serving_contract
 from app.registry.models import ModelVersion, PackageStatus, RegisteredModel, VersionStatus
 
@@ -50,7 +51,7 @@ def request_package(
     enqueue(session, PACKAGE_JOB, {"version_id": version.id})
     events.record(
         session,
-        "model_version.package_requested",
+        EventType.model_version_package_requested,
         f"model:{model.name}",
         {"model": model.name, "version": version.version},
         actor,
@@ -120,7 +121,7 @@ def build(session: Session, ctx: JobContext, model: RegisteredModel, version: Mo
     )
     events.record(
         session,
-        "model_version.packaged",
+        EventType.model_version_packaged,
         f"model:{model.name}",
         {
             "model": model.name,

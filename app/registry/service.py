@@ -18,6 +18,7 @@ from app.core.security import Role
 from app.datasets.models import DatasetVersion
 from app.deployments.models import Deployment, Variant
 from app.events import service as events
+from app.events.types import EventType
 from app.ml.model_files import ModelFileError, inspect_file
 from app.registry.models import AliasMove, ModelAlias, ModelVersion, RegisteredModel, VersionStatus
 from app.registry.schemas import (
@@ -93,7 +94,7 @@ def delete_model(session: Session, name: str, *, by: Principal) -> None:
             f"model {name!r} is deployed by {sorted(serving)}; "
             "change or delete those deployments first"
         )
-    events.record(session, "model.deleted", subject(model), {"model": name}, by.name)
+    events.record(session, EventType.model_deleted, subject(model), {"model": name}, by.name)
     session.delete(model)
     session.flush()
 
@@ -258,7 +259,7 @@ def _create_version(
     session.flush()
     events.record(
         session,
-        "model_version.created",
+        EventType.model_version_created,
         subject(model),
         {"model": model.name, "version": version.version, "status": version.status.value},
         by.name,
@@ -348,7 +349,7 @@ def set_status(
     assert model is not None
     events.record(
         session,
-        "model_version.status_changed",
+        EventType.model_version_status_changed,
         subject(model),
         {
             "model": model.name,
@@ -428,7 +429,7 @@ def _record_move(
     )
     events.record(
         session,
-        "model.alias_moved",
+        EventType.model_alias_moved,
         subject(model),
         {"model": model.name, "alias": alias, "from": previous, "to": new},
         by.name,

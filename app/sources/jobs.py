@@ -12,13 +12,14 @@ from app.core.jobs import JobContext, job
 from app.datasets import service as datasets
 from app.datasets.models import Dataset
 from app.events import service as events
+from app.events.types import EventType
 from app.pipelines import service as pipelines
 from app.pipelines.models import Pipeline
 from app.sources.models import DataSource, GitSource, WebhookDelivery
 from app.sources.service import INGEST_JOB
 
 logger = logging.getLogger(__name__)
-INGEST_FAILED_EVENT = "data_source.ingest_failed"
+INGEST_FAILED_EVENT = EventType.data_source_ingest_failed
 
 
 class ObjectUnavailable(ValueError):

@@ -39,10 +39,6 @@ def deliver(ctx: JobContext, delivery_id: int, manual: bool = False) -> None:
     if not active and not manual:
         _finish(ctx, delivery_id, DeliveryStatus.failed, {"error": "the subscription is disabled"})
         return
-    refused = webhooks.refused_destination(url, settings.webhook_allowed_hosts)
-    if refused is not None:
-        _finish(ctx, delivery_id, DeliveryStatus.failed, {"error": refused})
-        return
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",
@@ -52,11 +48,19 @@ def deliver(ctx: JobContext, delivery_id: int, manual: bool = False) -> None:
         "webhook-signature": webhooks.sign(secret, message_id, timestamp, body),
     }
     started = time.perf_counter()
+    status: int | None = None
+    wait: str | None = None
+    error: str | None = None
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_SECONDS)
-        status, error, wait = response.status_code, None, response.headers.get("retry-after")
+        destination = webhooks.resolve_destination(url, settings.webhook_allowed_hosts)
+        status, wait = _post(destination, body, headers)
+    except webhooks.RefusedDestination as exc:
+        _finish(ctx, delivery_id, DeliveryStatus.failed, {"error": exc.message})
+        return
+    except webhooks.UnresolvedDestination as exc:  # DNS may come back: retried like the rest
+        error = str(exc)[:300]
     except httpx.HTTPError as exc:
-        status, error, wait = None, f"{type(exc).__name__}: {exc}"[:300], None
+        error = f"{type(exc).__name__}: {exc}"[:300]
     outcome: dict[str, Any] = {
         "status_code": status,
         "error": error,
@@ -82,6 +86,24 @@ def deliver(ctx: JobContext, delivery_id: int, manual: bool = False) -> None:
         )
         delay = max(delay, webhooks.retry_after(wait, utcnow()) or timedelta(0))
         _finish(ctx, delivery_id, DeliveryStatus.pending, outcome, retry_in=delay)
+
+
+def _post(
+    destination: webhooks.Destination, body: bytes, headers: dict[str, str]
+) -> tuple[int, str | None]:
+    """POST to the checked addresses only (the next one if one cannot be reached), never to
+    whatever the name resolves to by now. Redirects are not followed."""
+    with httpx.Client(timeout=TIMEOUT_SECONDS) as client:
+        for index, address in enumerate(destination.addresses):
+            request = webhooks.pinned_request(client, destination, address, body, headers)
+            try:
+                response = client.send(request)
+            except httpx.ConnectError:
+                if index == len(destination.addresses) - 1:
+                    raise
+                continue
+            return response.status_code, response.headers.get("retry-after")
+    raise httpx.ConnectError(f"{destination.host} resolved to no address")
 
 
 def _finish(

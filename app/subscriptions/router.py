@@ -37,7 +37,8 @@ def create_subscription(
     body: SubscriptionCreate, session: DbSession, settings: AppSettings, principal: Admin
 ) -> SubscriptionCreated:
     """Outbound webhooks for the event types named, signed per Standard Webhooks with the
-    secret returned here once."""
+    secret returned here once. A URL whose host is (or resolves to) a private, loopback,
+    link-local or metadata address is a 422 unless FLYWHEEL_WEBHOOK_ALLOWED_HOSTS allows it."""
     subscription, secret = service.create(session, settings, body, by=principal)
     return SubscriptionCreated(**_read(subscription).model_dump(), secret=secret)
 
@@ -55,9 +56,14 @@ def get_subscription(subscription_id: int, session: DbSession, _: Admin) -> Subs
 
 @router.patch("/{subscription_id}", response_model=SubscriptionRead)
 def update_subscription(
-    subscription_id: int, body: SubscriptionUpdate, session: DbSession, _: Admin
+    subscription_id: int,
+    body: SubscriptionUpdate,
+    session: DbSession,
+    settings: AppSettings,
+    _: Admin,
 ) -> SubscriptionRead:
-    return _read(service.update(session, subscription_id, body))
+    """A new `url` is checked as at creation: private and metadata addresses are a 422."""
+    return _read(service.update(session, settings, subscription_id, body))
 
 
 @router.delete(

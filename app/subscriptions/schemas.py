@@ -1,52 +1,27 @@
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
 from app.core.pagination import Page
+from app.events.types import subscribable_patterns
 from app.subscriptions.models import DeliveryStatus
 
-EVENT_TYPES = (
-    "model_version.created",
-    "model_version.status_changed",
-    "model_version.packaged",
-    "model.alias_moved",
-    "pipeline_run.finished",
-    "data_source.ingest_failed",
-    "deployment.created",
-    "deployment.updated",
-    "deployment.deleted",
-    "rollout.start",
-    "rollout.hold",
-    "rollout.advance",
-    "rollout.complete",
-    "rollout.rollback",
-    "alert.fired",
-    "alert.resolved",
-    "drift.detected",
-    "drift.feature_detected",
-    "retrain.promote_failed",
-)
+PATTERNS = subscribable_patterns()
+EventPattern = Annotated[str, WithJsonSchema({"type": "string", "enum": PATTERNS})]
+TYPES_HELP = "Event types, `domain.*` for all of a domain's, or `*` for all."
 
 
 def _known(types: list[str]) -> list[str]:
-    unknown = [
-        t
-        for t in types
-        if t != "*"
-        and t not in EVENT_TYPES
-        and not (t.endswith(".*") and any(e.startswith(t[:-1]) for e in EVENT_TYPES))
-    ]
+    unknown = [t for t in types if t not in PATTERNS]
     if unknown:
-        raise ValueError(f"unknown event types {unknown}; known: {list(EVENT_TYPES)}, or '*'")
+        raise ValueError(f"unknown event types {unknown}; known: {PATTERNS}")
     return types
 
 
 class SubscriptionCreate(BaseModel):
     url: str = Field(pattern=r"^https?://", max_length=2000, examples=["https://ops.example/hooks"])
-    event_types: list[str] = Field(
-        min_length=1, max_length=50, description="Event types, `rollout.*`, or `*` for all."
-    )
+    event_types: list[EventPattern] = Field(min_length=1, max_length=50, description=TYPES_HELP)
     description: str | None = Field(default=None, max_length=500)
 
     _check_types = field_validator("event_types")(_known)
@@ -54,7 +29,9 @@ class SubscriptionCreate(BaseModel):
 
 class SubscriptionUpdate(BaseModel):
     url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
-    event_types: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    event_types: list[EventPattern] | None = Field(
+        default=None, min_length=1, max_length=50, description=TYPES_HELP
+    )
     description: str | None = Field(default=None, max_length=500)
     active: bool | None = Field(default=None, description="true re-enables a disabled endpoint")
 

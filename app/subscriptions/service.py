@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
 from app.core.config import Settings
-from app.core.errors import NotFound
+from app.core.errors import NotFound, Unprocessable
 from app.core.outbox import enqueue
 from app.core.pagination import PageParams, keyset_page
 from app.core.secrets import encrypt
@@ -20,9 +20,25 @@ from app.subscriptions.schemas import SubscriptionCreate, SubscriptionUpdate
 DELIVER_JOB = "subscriptions.deliver"
 
 
+def check_destination(settings: Settings, url: str) -> None:
+    """Refuse a URL webhooks could never be sent to (private, loopback, link-local, metadata),
+    as delivery would; a name that does not resolve yet is accepted (delivery retries it)."""
+    try:
+        webhooks.resolve_destination(url, settings.webhook_allowed_hosts)
+    except webhooks.RefusedDestination as exc:
+        raise Unprocessable(
+            exc.message,
+            code="destination_refused",
+            details={"url": url, "address": exc.address, "address_kind": exc.kind},
+        ) from None
+    except webhooks.UnresolvedDestination:
+        pass
+
+
 def create(
     session: Session, settings: Settings, data: SubscriptionCreate, *, by: Principal
 ) -> tuple[Subscription, str]:
+    check_destination(settings, data.url)
     secret = webhooks.new_secret()
     subscription = Subscription(
         url=data.url,
@@ -49,8 +65,12 @@ def list_subscriptions(
     return keyset_page(session, select(Subscription), Subscription.id, page)
 
 
-def update(session: Session, subscription_id: int, data: SubscriptionUpdate) -> Subscription:
+def update(
+    session: Session, settings: Settings, subscription_id: int, data: SubscriptionUpdate
+) -> Subscription:
     subscription = get_or_raise(session, subscription_id)
+    if data.url is not None:
+        check_destination(settings, data.url)
     for field in ("url", "event_types", "description"):
         value = getattr(data, field)
         if value is not None:

@@ -3,7 +3,7 @@ the champion on the window's holdout, register as `challenger`), then roll the c
 out by the deployment's rollout policy; the champion alias moves only when that completes."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from app.deployments import rollouts
 from app.deployments.models import Deployment, Rollout, RolloutState
 from app.deployments.schemas import PromoteRequest
 from app.events import service as events
+from app.events.types import EventType, declared
 from app.ml import signature as signatures
 from app.pipelines import service as pipelines
 from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun
@@ -28,7 +29,10 @@ from app.training.schemas import DataSpec, TrainingSpec
 from app.training.service import served_version
 
 IN_FLIGHT = ("running", "rolling_out")
-PROMOTE_FAILED = "retrain.promote_failed"  # the challenger was registered but not rolled out
+# the challenger was registered but not rolled out
+PROMOTE_FAILED = EventType.retrain_promote_failed
+RetrainOutcome = Literal["rejected", "failed", "registered", "promoted", "rolled_back"]
+"""How a retrain ends; each is emitted as `retrain.<outcome>`."""
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
@@ -145,7 +149,9 @@ def follow_up(session: Session, policy: RetrainingPolicy, evaluation: PolicyEval
         rollout = session.get(Rollout, evaluation.rollout_id)
         if rollout is None or rollout.state == RolloutState.running:
             return
-        status = "promoted" if rollout.state == RolloutState.completed else "rolled_back"
+        status: RetrainOutcome = (
+            "promoted" if rollout.state == RolloutState.completed else "rolled_back"
+        )
         _finish(session, policy, evaluation, status, {"rollout_reason": rollout.reason})
 
 
@@ -263,7 +269,7 @@ def _finish(
     session: Session,
     policy: RetrainingPolicy,
     evaluation: PolicyEvaluation,
-    status: str,
+    status: RetrainOutcome,
     detail: dict[str, Any],
 ) -> None:
     evaluation.retrain_status = status
@@ -271,7 +277,7 @@ def _finish(
     evaluation.finished_at = utcnow()
     events.record(
         session,
-        f"retrain.{status}",
+        declared(f"retrain.{status}"),
         f"policy:{policy.name}",
         {
             "policy": policy.name,

@@ -14,6 +14,7 @@ from app.core.errors import Conflict, Unprocessable
 from app.datasets import service as datasets
 from app.deployments.models import Deployment
 from app.events import service as events
+from app.events.types import EventType
 from app.monitoring import service as monitoring
 from app.monitoring.models import DriftReport
 from app.monitoring.windows import Window
@@ -299,7 +300,10 @@ def _record(
             "reason": evaluation.reason,
             "pipeline_run_id": evaluation.pipeline_run_id,
         }
-        events.record(session, f"policy.{evaluation.outcome}", f"policy:{policy.name}", payload)
+        type_ = (
+            EventType.policy_fired if evaluation.outcome == "fired" else EventType.policy_coalesced
+        )
+        events.record(session, type_, f"policy:{policy.name}", payload)
     return evaluation
 
 

@@ -1,5 +1,5 @@
 """Outbound webhooks to a real HTTP receiver: signatures, retries, Retry-After, 410, refusal
-of private addresses, the delivery log and redelivery."""
+of private addresses at delivery, the delivery log and redelivery."""
 
 import base64
 import dataclasses
@@ -36,6 +36,7 @@ def outbound(jobs: InlineJobs, settings: Settings, app: FastAPI) -> Settings:
             "webhook_max_attempts": 3,
         }
     )
+    app.state.settings = allowed  # registration checks the destination too
     jobs.ctx = dataclasses.replace(jobs.ctx, settings=allowed)
     return allowed
 
@@ -128,17 +129,20 @@ def test_410_disables_the_endpoint(
     assert len(target.received) == 1 and len(deliveries(api, subscription)) == 1
 
 
-def test_private_addresses_are_refused_unless_allowlisted(
-    api: TestClient, versions: None, jobs: InlineJobs, receiver: Any
+def test_a_private_address_no_longer_allowlisted_is_refused_at_delivery(
+    api: TestClient, versions: None, jobs: InlineJobs, outbound: Settings, receiver: Any
 ) -> None:
     target, url = receiver
     subscription = subscribe(api, url, ["model.alias_moved"])
+    unlisted = outbound.model_copy(update={"webhook_allowed_hosts": []})
+    jobs.ctx = dataclasses.replace(jobs.ctx, settings=unlisted)  # the operator removed it
     move_alias(api)
     jobs.run()
     assert target.received == []
     [logged] = deliveries(api, subscription)
     assert logged["status"] == "failed"
-    assert "private address" in logged["attempts"][0]["error"]
+    assert "loopback address" in logged["attempts"][0]["error"]
+    assert len(logged["attempts"]) == 1  # refused for good, not retried
 
 
 @pytest.mark.parametrize(
