@@ -19,7 +19,6 @@ from app.sources.models import DataSource, GitSource, WebhookDelivery
 from app.sources.service import INGEST_JOB
 
 logger = logging.getLogger(__name__)
-INGEST_FAILED_EVENT = EventType.data_source_ingest_failed
 
 
 class ObjectUnavailable(ValueError):
@@ -57,7 +56,7 @@ def _fail(
     )
     events.record(
         session,
-        INGEST_FAILED_EVENT,
+        EventType.data_source_ingest_failed,
         f"data_source:{name}",
         {
             "data_source": name,

@@ -29,8 +29,6 @@ from app.training.schemas import DataSpec, TrainingSpec
 from app.training.service import served_version
 
 IN_FLIGHT = ("running", "rolling_out")
-# the challenger was registered but not rolled out
-PROMOTE_FAILED = EventType.retrain_promote_failed
 RetrainOutcome = Literal["rejected", "failed", "registered", "promoted", "rolled_back"]
 """How a retrain ends; each is emitted as `retrain.<outcome>`."""
 CHALLENGER = "challenger"
@@ -246,7 +244,7 @@ def _promote_failed(
     _finish(session, policy, evaluation, "registered", detail)
     events.record(
         session,
-        PROMOTE_FAILED,
+        EventType.retrain_promote_failed,  # registered, but not rolled out
         f"policy:{policy.name}",
         {
             "policy": policy.name,

@@ -18,8 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.events.models import Event
-from app.subscriptions.schemas import EVENT_TYPES
-from app.training.retrain import PROMOTE_FAILED
+from app.events.types import EventType, subscribable_patterns
 from tests.conftest import InlineJobs
 from tests.deployments.traffic import record
 from tests.registry.helpers import Registry
@@ -239,7 +238,7 @@ def test_a_promotion_that_fails_for_any_reason_is_an_event_and_shown_on_the_poli
     jobs: InlineJobs,
     session_factory: sessionmaker[Session],
 ) -> None:
-    assert PROMOTE_FAILED in EVENT_TYPES  # so it can be subscribed to
+    assert EventType.retrain_promote_failed in subscribable_patterns()  # so it can be subscribed to
     labelled(frame(300, seed=11), flip=True)
     policy = create(served, window={"kind": "last_n", "n": 200})
     assert served.get(f"{URL}/{policy['id']}").json()["last_retrain"] is None
