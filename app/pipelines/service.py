@@ -189,6 +189,9 @@ def log_path(store: ArtifactStore, run_id: int, task: str) -> Path:
     return store.root / "logs" / "pipeline-runs" / str(run_id) / f"{task}.log"
 
 
+MAX_LOG_OFFSET = 2**63 - 1  # what a file offset (off_t) can hold
+
+
 def read_log(
     session: Session, store: ArtifactStore, run_id: int, task: str, offset: int, limit: int
 ) -> tuple[str, int, bool]:
@@ -197,8 +200,8 @@ def read_log(
     if found is None:
         raise NotFound(f"pipeline run {run_id} has no task {task!r}")
     path = log_path(store, run_id, task)
-    if not path.exists():
-        return "", offset, found.status.terminal
+    if not path.exists() or offset >= path.stat().st_size:
+        return "", offset, found.status.terminal  # seeking far past the end is an OSError
     with path.open("rb") as handle:
         handle.seek(offset)
         chunk = handle.read(limit)

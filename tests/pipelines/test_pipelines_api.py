@@ -1,11 +1,13 @@
 from datetime import timedelta
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
 from app.pipelines.models import Pipeline
+from app.pipelines.service import log_path
 from tests.conftest import InlineJobs
 from tests.pipelines.helpers import ci_spec
 
@@ -126,3 +128,22 @@ def test_missing_things(api: TestClient) -> None:
     )
     assert api.post("/api/v1/pipelines/p/runs", json={"source": "nope"}).status_code == 404
     assert api.post("/api/v1/pipelines", json={"name": "p", "spec": ci_spec()}).status_code == 409
+
+
+def test_log_offsets_are_bounded_and_past_the_end_reads_nothing(
+    api: TestClient, app: FastAPI
+) -> None:
+    api.post("/api/v1/pipelines", json={"name": "p", "spec": ci_spec()})
+    run = api.post("/api/v1/pipelines/p/runs", json={}).json()
+    path = log_path(app.state.artifacts, run["id"], "train")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"hello log\n")
+    url = f"/api/v1/pipeline-runs/{run['id']}/tasks/train/logs"
+    assert api.get(url, params={"offset": 6}).json()["text"] == "log\n"
+    huge = api.get(url, params={"offset": "99999999999999999999"})
+    assert huge.status_code == 422, huge.text
+    assert huge.json()["error"]["details"][0]["loc"] == ["query", "offset"]
+    for offset in (2**63 - 1, 10**15):  # in range but far past the end: nothing, no OSError
+        far = api.get(url, params={"offset": offset})
+        assert far.status_code == 200, far.text
+        assert far.json()["text"] == "" and far.json()["next_offset"] == offset
