@@ -79,8 +79,11 @@ def get_or_raise(session: Session, rule_id: int) -> AlertRule:
 
 def update(session: Session, rule_id: int, data: AlertRuleUpdate) -> AlertRule:
     rule = get_or_raise(session, rule_id)
-    for field in data.model_fields_set:
-        setattr(rule, field, getattr(data, field))
+    changes = data.model_dump(exclude_unset=True)
+    if "params" in changes and changes["params"] is None:
+        changes["params"] = {}
+    for field, value in changes.items():
+        setattr(rule, field, value)
     validate(rule.metric, rule.params, rule.window)
     session.flush()
     return rule

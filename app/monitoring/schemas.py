@@ -1,7 +1,8 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.core.pagination import Page
 
@@ -123,12 +124,22 @@ class AlertRuleCreate(BaseModel):
 
 
 class AlertRuleUpdate(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=100)
-    threshold: float | None = Field(default=None, allow_inf_nan=False)
-    window: str | None = Field(default=None, max_length=20)
-    for_seconds: int | None = Field(default=None, ge=0, le=86400 * 7)
-    params: dict[str, Any] | None = None
-    active: bool | None = None
+    """Only the fields sent change. `params: null` clears the params; the other fields
+    always have a value, so null is refused there (leave the field out to keep it)."""
+
+    name: str | SkipJsonSchema[None] = Field(default=None, min_length=1, max_length=100)
+    threshold: float | SkipJsonSchema[None] = Field(default=None, allow_inf_nan=False)
+    window: str | SkipJsonSchema[None] = Field(default=None, max_length=20)
+    for_seconds: int | SkipJsonSchema[None] = Field(default=None, ge=0, le=86400 * 7)
+    params: dict[str, Any] | None = Field(default=None, description="null clears them")
+    active: bool | SkipJsonSchema[None] = None
+
+    @field_validator("name", "threshold", "window", "for_seconds", "active", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep its current value")
+        return value
 
 
 class AlertRuleRead(BaseModel):

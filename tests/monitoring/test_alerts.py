@@ -135,3 +135,29 @@ def test_bad_rules_are_refused(
     } | overrides
     answer = api.post("/api/v1/alert-rules", json=body)
     assert answer.status_code == status and fragment in answer.text
+
+
+@pytest.mark.parametrize("field", ["name", "threshold", "window", "for_seconds", "active"])
+def test_patching_a_field_that_always_has_a_value_to_null_is_refused(
+    api: TestClient, deployed: None, field: str
+) -> None:
+    created = rule(api)
+    answer = api.patch(f"/api/v1/alert-rules/{created['id']}", json={field: None})
+    assert answer.status_code == 422, answer.text
+    [detail] = answer.json()["error"]["details"]
+    assert detail["loc"] == ["body", field] and "cannot be null" in detail["message"]
+    assert api.get(f"/api/v1/alert-rules/{created['id']}").json() == created
+
+
+def test_patching_params_to_null_clears_them_unless_the_metric_needs_them(
+    api: TestClient, deployed: None
+) -> None:
+    created = rule(api, params={"variant": "blue"})
+    cleared = api.patch(f"/api/v1/alert-rules/{created['id']}", json={"params": None})
+    assert cleared.status_code == 200 and cleared.json()["params"] == {}
+    drift = rule(api, metric="feature_drift", params={"feature": "age"})
+    refused = api.patch(f"/api/v1/alert-rules/{drift['id']}", json={"params": None})
+    assert refused.status_code == 422 and "params.feature" in refused.text
+    assert api.get(f"/api/v1/alert-rules/{drift['id']}").json()["params"] == {"feature": "age"}
+    bounded = api.patch(f"/api/v1/alert-rules/{drift['id']}", json={"for_seconds": -1})
+    assert bounded.status_code == 422
