@@ -1,6 +1,7 @@
 """One error hierarchy and one JSON shape for every failure: {"error": {code, message, details}}."""
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -95,11 +96,24 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    details = []
-    for err in exc.errors():
-        loc = tuple(err.get("loc", ()))
-        details.append({"loc": list(loc), "field": _location(loc), "message": err.get("msg", "")})
-    return details
+    return [_field_detail(tuple(err.get("loc", ())), err.get("msg", "")) for err in exc.errors()]
+
+
+def _field_detail(loc: Sequence[int | str], message: str) -> dict[str, Any]:
+    return {"loc": list(loc), "field": _location(tuple(loc)), "message": message}
+
+
+def _summary(details: list[dict[str, Any]]) -> str:
+    first = details[0] if details else {"field": "request", "message": "invalid"}
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{first['field']}: {first['message']}{more}"
+
+
+def invalid_fields(problems: Sequence[tuple[Sequence[int | str], str]]) -> Unprocessable:
+    """A 422 for checks the service makes (against stored state), shaped like a request
+    validation error: one {loc, field, message} per bad field, the first in the message."""
+    details = [_field_detail(loc, message) for loc, message in problems]
+    return Unprocessable(_summary(details), details=details, code="validation_error")
 
 
 async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -111,10 +125,7 @@ async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
 async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = _validation_details(exc)
-    first = details[0] if details else {"field": "request", "message": "invalid"}
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    message = f"{first['field']}: {first['message']}{more}"
-    return error_response(422, "validation_error", message, details)
+    return error_response(422, "validation_error", _summary(details), details)
 
 
 async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:

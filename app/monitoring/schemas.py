@@ -60,6 +60,10 @@ class Performance(BaseModel):
     end: datetime = Field(serialization_alias="to")
     step_seconds: int
     points: list[PerformancePoint]
+    ignored: int = Field(
+        description="Labelled requests left out: labels that do not line up with the rows "
+        "answered, or that the model cannot predict (not one of its classes; not a number)."
+    )
 
 
 class GroupRead(BaseModel):
@@ -153,7 +157,10 @@ class AlertRuleRead(BaseModel):
     for_seconds: int
     params: dict[str, Any]
     active: bool
-    state: str = Field(description="ok, pending or firing")
+    state: str = Field(
+        description="ok, pending, firing, or error: the rule cannot be evaluated (see `error`)"
+    )
+    error: str | None = Field(description="Why the last evaluation failed (state error).")
     pending_since: datetime | None
     last_value: float | None
     last_evaluated_at: datetime | None
@@ -169,7 +176,9 @@ class AlertRead(BaseModel):
     id: int
     rule_id: int
     deployment: str
-    state: str = Field(description="firing or resolved")
+    state: str = Field(
+        description="firing, error (the rule cannot be evaluated; the message says why) or resolved"
+    )
     value: float | None
     threshold: float
     message: str

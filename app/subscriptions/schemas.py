@@ -22,6 +22,7 @@ EVENT_TYPES = (
     "rollout.rollback",
     "alert.fired",
     "alert.resolved",
+    "alert.error",
     "drift.detected",
 )
 
