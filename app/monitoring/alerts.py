@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
 from app.core.db import utcnow
-from app.core.durations import parse_duration
+from app.core.durations import BODY, parse_duration
 from app.core.errors import AppError, NotFound, Unprocessable
 from app.core.pagination import PageParams, keyset_page
 from app.deployments import service as deployments
@@ -48,7 +48,7 @@ SERVING = (*LATENCY, "overhead_p99_ms", "error_rate", "request_rate")
 
 
 def validate(metric: str, params: dict[str, Any], window: str) -> None:
-    parse_duration(window, "window")
+    parse_duration(window, "window", where=BODY)
     if metric in FAIRNESS and not params.get("attribute"):
         raise Unprocessable(f"{metric} needs params.attribute: the input column that groups")
     if metric == "feature_drift" and not params.get("feature"):

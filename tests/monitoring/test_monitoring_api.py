@@ -173,3 +173,19 @@ def test_performance_leaves_out_stored_labels_the_model_cannot_predict(
     [point] = answer.json()["points"]
     assert answer.json()["ignored"] == 3
     assert point["labelled"] == 4 and point["metrics"]["accuracy"] == 0.75
+
+
+def test_a_bad_duration_is_located_where_it_was_sent(api: TestClient, deployed: None) -> None:
+    rule = {"name": "x", "deployment": "churn", "metric": "error_rate", "operator": ">"}
+    created = api.post("/api/v1/alert-rules", json=rule | {"threshold": 0.1}).json()
+    sent = [
+        api.post("/api/v1/alert-rules", json=rule | {"threshold": 0.1, "window": "forever"}),
+        api.patch(f"/api/v1/alert-rules/{created['id']}", json={"window": "soon"}),
+        api.post(f"{URL}/drift-reports", json={"window": "a while"}),
+        api.put(f"{URL}/drift-schedule", json={"cron": "0 * * * *", "window": "daily"}),
+    ]
+    for answer in sent:
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["details"]["loc"] == ["body", "window"], answer.text
+    query = api.get(f"{URL}/performance", params={"window": "soon"})
+    assert query.json()["error"]["details"]["loc"] == ["query", "window"]
