@@ -62,7 +62,9 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
     hyperparameters = {**(config.get("params") or {}), **(params.get("hyperparameters") or {})}
     with ctx.transaction() as session:
         parent, continue_from = _continue_from(ctx, session, params.get("continue_from"))
-        version = dataset_file(ctx, session, stage.inputs.get("dataset_version_id"))
+        version = dataset_file(
+            ctx, session, stage.inputs.get("dataset_version_id"), named=params.get("dataset")
+        )
         dataset_path, dataset_format = ctx.artifacts.resolve(version.uri), version.format
         experiment = _experiment(session, f"pipeline-{stage.pipeline}")
         code = (
