@@ -1,6 +1,8 @@
 """One error hierarchy and one JSON shape for every failure: {"error": {code, message, details}}."""
 
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -94,12 +96,61 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return "".join(parts)
 
 
+# How pydantic names a union member or a validator wrapper it tried, e.g.
+# "function-after[_something(), FeedbackItem]", "list[int]", "tagged-union[...]".
+_SCHEMA_LABEL = re.compile(r"^[\w-]+\[.*\]$")
+
+
+def _sent_location(loc: tuple[int | str, ...], body: Any, missing: bool) -> tuple[int | str, ...]:
+    """The error's location as a path in what was sent (`body.items[0].request_id`): pydantic
+    also names the union member or validator it tried (`FeedbackBatch`, `function-after[...]`),
+    which is no place in the request. A step is kept when it leads into the body, or when it
+    is the last one and names a field that was not sent."""
+    if not loc or loc[0] != "body" or not isinstance(body, dict | list):
+        return tuple(p for p in loc if not (isinstance(p, str) and _SCHEMA_LABEL.match(p)))
+    path: list[int | str] = [loc[0]]
+    value: Any = body
+    for index, part in enumerate(loc[1:], start=1):
+        if _step(value, part):
+            value = value[part]
+        elif not (missing and index == len(loc) - 1 and isinstance(value, dict)):
+            continue  # a name pydantic gave a union member or a validator, not a place
+        path.append(part)
+    return tuple(path)
+
+
+def _step(value: Any, part: int | str) -> bool:
+    """Whether `part` leads into `value` (a key of a mapping, an index of a list)."""
+    if isinstance(value, dict):
+        return isinstance(part, str) and part in value
+    return isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    details = []
+    details: list[dict[str, Any]] = []
     for err in exc.errors():
-        loc = tuple(err.get("loc", ()))
-        details.append({"loc": list(loc), "field": _location(loc), "message": err.get("msg", "")})
+        loc = _sent_location(tuple(err.get("loc", ())), exc.body, err.get("type") == "missing")
+        detail = _field_detail(loc, err.get("msg", ""))
+        if detail not in details:  # two union members can fail the same way
+            details.append(detail)
     return details
+
+
+def _field_detail(loc: Sequence[int | str], message: str) -> dict[str, Any]:
+    return {"loc": list(loc), "field": _location(tuple(loc)), "message": message}
+
+
+def _summary(details: list[dict[str, Any]]) -> str:
+    first = details[0] if details else {"field": "request", "message": "invalid"}
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{first['field']}: {first['message']}{more}"
+
+
+def invalid_fields(problems: Sequence[tuple[Sequence[int | str], str]]) -> Unprocessable:
+    """A 422 for checks the service makes (against stored state), shaped like a request
+    validation error: one {loc, field, message} per bad field, the first in the message."""
+    details = [_field_detail(loc, message) for loc, message in problems]
+    return Unprocessable(_summary(details), details=details, code="validation_error")
 
 
 async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -111,10 +162,7 @@ async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
 async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = _validation_details(exc)
-    first = details[0] if details else {"field": "request", "message": "invalid"}
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    message = f"{first['field']}: {first['message']}{more}"
-    return error_response(422, "validation_error", message, details)
+    return error_response(422, "validation_error", _summary(details), details)
 
 
 async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:

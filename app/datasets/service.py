@@ -1,5 +1,6 @@
 """Datasets and their immutable, content-addressed versions with a reference profile."""
 
+import difflib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,8 +44,18 @@ def create_dataset(session: Session, data: DatasetCreate) -> Dataset:
 def get_dataset_or_raise(session: Session, name: str) -> Dataset:
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is None:
-        raise NotFound(f"dataset {name!r} does not exist; create it with POST /api/v1/datasets")
+        raise NotFound(unknown_dataset(session, name))
     return dataset
+
+
+def unknown_dataset(session: Session, name: str, shown: int = 20) -> str:
+    """Says what exists, and the names close to a misspelt one."""
+    names = list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    more = ", ..." if len(names) > shown else ""
+    known = f"datasets: {', '.join(names[:shown])}{more}" if names else "there are no datasets"
+    return f"dataset {name!r} does not exist{hint}; {known}; create one with POST /api/v1/datasets"
 
 
 def list_datasets(session: Session, page: PageParams) -> tuple[Sequence[Dataset], str | None]:
@@ -83,16 +94,25 @@ def latest_version_id(session: Session, dataset_id: int) -> int | None:
     )
 
 
-def latest_version_or_raise(session: Session, name: str) -> DatasetVersion:
-    dataset = get_dataset_or_raise(session, name)
-    found = session.scalar(
+def latest_version(session: Session, name: str) -> DatasetVersion | None:
+    """The newest version of the dataset so named; None when it does not exist or has none."""
+    return session.scalar(
         select(DatasetVersion)
-        .where(DatasetVersion.dataset_id == dataset.id)
+        .join(Dataset)
+        .where(Dataset.name == name)
         .order_by(DatasetVersion.version.desc())
         .limit(1)
     )
+
+
+def latest_version_or_raise(session: Session, name: str) -> DatasetVersion:
+    get_dataset_or_raise(session, name)
+    found = latest_version(session, name)
     if found is None:
-        raise NotFound(f"dataset {name!r} has no versions yet; upload one first")
+        raise NotFound(
+            f"dataset {name!r} has no versions yet; upload one first "
+            f"(POST /api/v1/datasets/{name}/versions)"
+        )
     return found
 
 
@@ -135,7 +155,7 @@ def _add_version(
 ) -> tuple[DatasetVersion, bool]:
     dataset = session.scalar(select(Dataset).where(Dataset.name == name).with_for_update())
     if dataset is None:
-        raise NotFound(f"dataset {name!r} does not exist; create it with POST /api/v1/datasets")
+        raise NotFound(unknown_dataset(session, name))
     existing = session.scalar(
         select(DatasetVersion).where(
             DatasetVersion.dataset_id == dataset.id, DatasetVersion.digest == staged.digest

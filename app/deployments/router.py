@@ -22,8 +22,7 @@ from app.deployments.schemas import (
     ExperimentRead,
     ExperimentResult,
     FeedbackAccepted,
-    FeedbackBatch,
-    FeedbackItem,
+    FeedbackBody,
     Guardrails,
     PromoteRequest,
     ReplicaList,
@@ -287,8 +286,6 @@ def stop_ab_test(name: str, experiment_id: int, session: DbSession, _: Editor) -
 
 
 @router.post("/{name}/feedback", response_model=FeedbackAccepted)
-def post_feedback(
-    name: str, body: FeedbackItem | FeedbackBatch, session: DbSession, _: Editor
-) -> FeedbackAccepted:
+def post_feedback(name: str, body: FeedbackBody, session: DbSession, _: Editor) -> FeedbackAccepted:
     """Ground truth for served requests, by request id: one item, or `{"items": [...]}`."""
     return monitoring.record_feedback(session, name, body)

@@ -1,7 +1,7 @@
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from app.core.pagination import Page
 from app.deployments.models import Environment, VariantMode
@@ -336,6 +336,17 @@ class FeedbackItem(BaseModel):
 
 class FeedbackBatch(BaseModel):
     items: list[FeedbackItem] = Field(min_length=1, max_length=10_000)
+
+
+def _feedback_shape(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "items" in value else "item"
+
+
+# A body with `items` is a batch, any other one item: errors speak of the shape that was sent.
+FeedbackBody = Annotated[
+    Annotated[FeedbackItem, Tag("item")] | Annotated[FeedbackBatch, Tag("batch")],
+    Discriminator(_feedback_shape),
+]
 
 
 class FeedbackAccepted(BaseModel):

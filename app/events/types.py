@@ -24,6 +24,7 @@ class EventType(StrEnum):
     rollout_rollback = "rollout.rollback"
     alert_fired = "alert.fired"
     alert_resolved = "alert.resolved"
+    alert_error = "alert.error"
     drift_detected = "drift.detected"
     drift_feature_detected = "drift.feature_detected"
     data_source_ingest_failed = "data_source.ingest_failed"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.auth.service import Principal
 from app.core.artifacts import ArtifactStore
 from app.core.db import utcnow
-from app.core.durations import parse_duration
+from app.core.durations import BODY, parse_duration
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.outbox import enqueue
 from app.datasets import service as datasets
@@ -60,7 +60,7 @@ def production_sample(
             f"deployment {deployment!r} does not serve version {version.version}",
             details={"loc": ["body", "deployment"]},
         )
-    since = utcnow() - parse_duration(window, "window")
+    since = utcnow() - parse_duration(window, "window", where=BODY)
     logged = session.scalars(
         select(PredictionLog.inputs)
         .where(

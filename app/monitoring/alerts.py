@@ -2,8 +2,11 @@
 
 A rule's condition must hold for `for_seconds` before it fires (pending in between); while it
 keeps holding nothing more is sent — one alert, one `alert.fired` event — and when it stops
-holding the alert resolves once (`alert.resolved`). No data is not a breach."""
+holding the alert resolves once (`alert.resolved`). No data is not a breach; a rule that
+cannot be evaluated is in state `error` with the reason, and raises an alert of its own
+(`alert.error`) that resolves once it can be evaluated again."""
 
+import logging
 import operator
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -14,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
 from app.core.db import utcnow
-from app.core.durations import parse_duration
-from app.core.errors import NotFound, Unprocessable
+from app.core.durations import BODY, parse_duration
+from app.core.errors import AppError, NotFound, Unprocessable
 from app.core.pagination import PageParams, keyset_page
 from app.deployments import service as deployments
 from app.deployments.models import Deployment, VariantMode
@@ -29,6 +32,7 @@ from app.monitoring.models import Alert, AlertRule, DriftReport
 from app.monitoring.schemas import AlertRuleCreate, AlertRuleUpdate
 from app.monitoring.windows import Window
 
+logger = logging.getLogger(__name__)
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -45,11 +49,22 @@ SERVING = (*LATENCY, "overhead_p99_ms", "error_rate", "request_rate")
 
 
 def validate(metric: str, params: dict[str, Any], window: str) -> None:
-    parse_duration(window, "window")
+    parse_duration(window, "window", where=BODY)
     if metric in FAIRNESS and not params.get("attribute"):
         raise Unprocessable(f"{metric} needs params.attribute: the input column that groups")
     if metric == "feature_drift" and not params.get("feature"):
         raise Unprocessable("feature_drift needs params.feature: the feature to watch")
+    for key in ("min_samples", "min_group_size", "k"):
+        value = params.get(key)
+        if key in params and not (key == "k" and value is None) and not _count(value):
+            raise Unprocessable(
+                f"params.{key} must be a whole number of at least 1, got {value!r}",
+                details={"loc": ["body", "params", key]},
+            )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def create(session: Session, data: AlertRuleCreate, *, by: Principal) -> AlertRule:
@@ -80,8 +95,11 @@ def get_or_raise(session: Session, rule_id: int) -> AlertRule:
 
 def update(session: Session, rule_id: int, data: AlertRuleUpdate) -> AlertRule:
     rule = get_or_raise(session, rule_id)
-    for field in data.model_fields_set:
-        setattr(rule, field, getattr(data, field))
+    changes = data.model_dump(exclude_unset=True)
+    if "params" in changes and changes["params"] is None:
+        changes["params"] = {}
+    for field, value in changes.items():
+        setattr(rule, field, value)
     validate(rule.metric, rule.params, rule.window)
     session.flush()
     return rule
@@ -221,7 +239,22 @@ def evaluate(session: Session, rule: AlertRule, now: datetime | None = None) -> 
     deployment = session.get(Deployment, rule.deployment_id)
     if deployment is None:
         return
-    value = measure(session, deployment, rule, now)
+    try:
+        with session.begin_nested():  # a failed query must not take the rule's state with it
+            value = measure(session, deployment, rule, now)
+    except AppError as exc:
+        _cannot_evaluate(session, deployment, rule, exc.message, now)
+        return
+    except Exception as exc:
+        logger.exception("alert rule %s: measuring %s failed", rule.id, rule.metric)
+        reason = (
+            f"measuring {rule.metric} failed unexpectedly ({type(exc).__name__}); "
+            "the worker log has the details"
+        )
+        _cannot_evaluate(session, deployment, rule, reason, now)
+        return
+    if rule.state == "error":
+        _evaluable_again(session, deployment, rule, now)
     holds = value is not None and OPERATORS[rule.operator](value, rule.threshold)
     rule.last_value, rule.last_evaluated_at = value, now
     if holds:
@@ -264,14 +297,63 @@ def _fire(
 
 
 def _resolve(
-    session: Session, deployment: Deployment, rule: AlertRule, value: float | None, now: datetime
+    session: Session,
+    deployment: Deployment,
+    rule: AlertRule,
+    value: float | None,
+    now: datetime,
+    state: str = "firing",
 ) -> None:
     for alert in session.scalars(
-        select(Alert).where(Alert.rule_id == rule.id, Alert.state == "firing")
+        select(Alert).where(Alert.rule_id == rule.id, Alert.state == state)
     ):
         alert.state, alert.resolved_at = "resolved", now
         payload = _payload(rule, alert) | {"value": value}
         events.record(session, EventType.alert_resolved, f"deployment:{deployment.name}", payload)
+
+
+def _cannot_evaluate(
+    session: Session, deployment: Deployment, rule: AlertRule, reason: str, now: datetime
+) -> None:
+    """A rule that cannot be judged would never fire on a real breach: it says so on the rule
+    (state error, the reason), and once per episode as an alert of its own (`alert.error`).
+    A firing alert stays firing: nothing shows that it stopped holding."""
+    rule.last_value, rule.last_evaluated_at, rule.pending_since = None, now, None
+    message = f"{rule.name}: cannot evaluate {rule.metric} on {deployment.name}: {reason}"
+    if rule.state == "error":
+        rule.error = reason
+        for alert in session.scalars(
+            select(Alert).where(Alert.rule_id == rule.id, Alert.state == "error")
+        ):
+            alert.message = message  # the same episode, the latest reason
+        return
+    rule.state, rule.error = "error", reason
+    alert = Alert(
+        rule_id=rule.id,
+        deployment=deployment.name,
+        state="error",
+        value=None,
+        threshold=rule.threshold,
+        message=message,
+        started_at=now,
+    )
+    session.add(alert)
+    session.flush()
+    payload = _payload(rule, alert) | {"error": reason}
+    events.record(session, EventType.alert_error, f"deployment:{deployment.name}", payload)
+
+
+def _evaluable_again(
+    session: Session, deployment: Deployment, rule: AlertRule, now: datetime
+) -> None:
+    """The error alert resolves; the rule takes up where it was (firing if its breach alert is
+    still open, else ok) and is judged on the value just measured."""
+    _resolve(session, deployment, rule, None, now, state="error")
+    rule.error = None
+    still_firing = session.scalar(
+        select(Alert.id).where(Alert.rule_id == rule.id, Alert.state == "firing").limit(1)
+    )
+    rule.state = "firing" if still_firing is not None else "ok"
 
 
 def _payload(rule: AlertRule, alert: Alert) -> dict[str, Any]:

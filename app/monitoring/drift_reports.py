@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
 from app.core.db import utcnow
-from app.core.durations import parse_duration
+from app.core.durations import BODY, parse_duration
 from app.core.errors import NotFound, Unprocessable
 from app.core.outbox import enqueue
 from app.core.pagination import PageParams, keyset_page
@@ -71,7 +71,7 @@ def request(
 ) -> DriftReport:
     deployment = deployments.get_or_raise(session, name)
     end = utcnow()
-    start = end - parse_duration(data.window, "window")
+    start = end - parse_duration(data.window, "window", where=BODY)
     variant, version_id = _served_version(deployment, data.variant)
     version = session.get(ModelVersion, version_id)
     if version is None or version.dataset_version_id is None:
@@ -242,7 +242,7 @@ def set_schedule(session: Session, name: str, data: DriftScheduleWrite) -> Drift
             f"cron: {data.cron!r} is not a cron expression, e.g. '0 * * * *' (hourly)",
             details={"loc": ["body", "cron"]},
         )
-    parse_duration(data.window, "window")
+    parse_duration(data.window, "window", where=BODY)
     schedule = session.scalar(
         select(DriftSchedule).where(DriftSchedule.deployment_id == deployment.id)
     )

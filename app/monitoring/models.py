@@ -135,7 +135,10 @@ class AlertRule(Base):
     for_seconds: Mapped[int] = mapped_column(default=0)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    state: Mapped[str] = mapped_column(String(20), default="ok", doc="ok, pending or firing")
+    state: Mapped[str] = mapped_column(String(20), default="ok", doc="ok, pending, firing or error")
+    error: Mapped[str | None] = mapped_column(
+        Text, default=None, doc="why the last evaluation failed (state error)"
+    )
     pending_since: Mapped[datetime | None] = mapped_column(default=None)
     last_value: Mapped[float | None] = mapped_column(Float, default=None)
     last_evaluated_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -152,7 +155,7 @@ class Alert(Base):
         ForeignKey("alert_rule.id", ondelete="CASCADE"), index=True
     )
     deployment: Mapped[str] = mapped_column(String(63))
-    state: Mapped[str] = mapped_column(String(20), doc="firing or resolved")
+    state: Mapped[str] = mapped_column(String(20), doc="firing, error or resolved")
     value: Mapped[float | None] = mapped_column(Float, default=None)
     threshold: Mapped[float] = mapped_column(Float)
     message: Mapped[str] = mapped_column(Text)

@@ -114,15 +114,18 @@ def labelled(
     return [(_predictions(r.outputs), r.labels, r.reward) for r in session.execute(stmt).all()]
 
 
-def known_request_ids(session: Session, deployment: str, request_ids: list[str]) -> set[str]:
-    found: set[str] = set()
+def answering_versions(
+    session: Session, deployment: str, request_ids: list[str]
+) -> dict[str, set[int]]:
+    """The model versions that answered each of these requests (live and shadow), for the
+    request ids already in the prediction log."""
+    found: dict[str, set[int]] = {}
     for start in range(0, len(request_ids), 1000):
         chunk = request_ids[start : start + 1000]
-        found.update(
-            session.scalars(
-                select(PredictionLog.request_id).where(
-                    PredictionLog.deployment == deployment, PredictionLog.request_id.in_(chunk)
-                )
+        for request_id, version_id in session.execute(
+            select(PredictionLog.request_id, PredictionLog.model_version_id).where(
+                PredictionLog.deployment == deployment, PredictionLog.request_id.in_(chunk)
             )
-        )
+        ):
+            found.setdefault(request_id, set()).add(version_id)
     return found

@@ -155,7 +155,7 @@ def list_alerts(
     session: DbSession,
     _: Viewer,
     page: Page,
-    state: Literal["firing", "resolved"] | None = None,
+    state: Literal["firing", "error", "resolved"] | None = None,
     deployment: str | None = None,
 ) -> AlertPage:
     items, token = alerts.list_alerts(session, page, state, deployment)

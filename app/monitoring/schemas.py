@@ -1,7 +1,8 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.core.pagination import Page
 
@@ -59,6 +60,10 @@ class Performance(BaseModel):
     end: datetime = Field(serialization_alias="to")
     step_seconds: int
     points: list[PerformancePoint]
+    ignored: int = Field(
+        description="Labelled requests left out: labels that do not line up with the rows "
+        "answered, or that the model cannot predict (not one of its classes; not a number)."
+    )
 
 
 class GroupRead(BaseModel):
@@ -123,12 +128,22 @@ class AlertRuleCreate(BaseModel):
 
 
 class AlertRuleUpdate(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=100)
-    threshold: float | None = Field(default=None, allow_inf_nan=False)
-    window: str | None = Field(default=None, max_length=20)
-    for_seconds: int | None = Field(default=None, ge=0, le=86400 * 7)
-    params: dict[str, Any] | None = None
-    active: bool | None = None
+    """Only the fields sent change. `params: null` clears the params; the other fields
+    always have a value, so null is refused there (leave the field out to keep it)."""
+
+    name: str | SkipJsonSchema[None] = Field(default=None, min_length=1, max_length=100)
+    threshold: float | SkipJsonSchema[None] = Field(default=None, allow_inf_nan=False)
+    window: str | SkipJsonSchema[None] = Field(default=None, max_length=20)
+    for_seconds: int | SkipJsonSchema[None] = Field(default=None, ge=0, le=86400 * 7)
+    params: dict[str, Any] | None = Field(default=None, description="null clears them")
+    active: bool | SkipJsonSchema[None] = None
+
+    @field_validator("name", "threshold", "window", "for_seconds", "active", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep its current value")
+        return value
 
 
 class AlertRuleRead(BaseModel):
@@ -142,7 +157,10 @@ class AlertRuleRead(BaseModel):
     for_seconds: int
     params: dict[str, Any]
     active: bool
-    state: str = Field(description="ok, pending or firing")
+    state: str = Field(
+        description="ok, pending, firing, or error: the rule cannot be evaluated (see `error`)"
+    )
+    error: str | None = Field(description="Why the last evaluation failed (state error).")
     pending_since: datetime | None
     last_value: float | None
     last_evaluated_at: datetime | None
@@ -158,7 +176,9 @@ class AlertRead(BaseModel):
     id: int
     rule_id: int
     deployment: str
-    state: str = Field(description="firing or resolved")
+    state: str = Field(
+        description="firing, error (the rule cannot be evaluated; the message says why) or resolved"
+    )
     value: float | None
     threshold: float
     message: str

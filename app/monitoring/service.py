@@ -9,17 +9,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.db import upsert, utcnow
-from app.core.errors import Unprocessable
+from app.core.errors import Unprocessable, invalid_fields
 from app.deployments import service as deployments
 from app.deployments.schemas import FeedbackAccepted, FeedbackBatch, FeedbackItem
 from app.ml import quality
 from app.monitoring import repository
+from app.monitoring.labels import LabelKind, kind_of
 from app.monitoring.models import Feedback, PredictionLog
 from app.monitoring.schemas import Fairness, Performance, PerformancePoint
 from app.monitoring.windows import Window
 from app.registry.models import ModelVersion
 
 MAX_ROWS = 500_000  # logged requests one quality query reads; a wider window needs sampling
+MAX_PROBLEMS = 100  # bad labels named in one answer
 
 
 def record_feedback(
@@ -27,16 +29,18 @@ def record_feedback(
 ) -> FeedbackAccepted:
     """Idempotent per request id: sending feedback again replaces it (the latest label wins).
     Feedback may arrive before its prediction log is written; it joins once that lands."""
-    deployments.get_or_raise(session, deployment)
+    served = deployments.get_or_raise(session, deployment)
     items = body.items if isinstance(body, FeedbackBatch) else [body]
     latest = {item.request_id: item for item in items}
+    answered = repository.answering_versions(session, deployment, list(latest))
+    versions = {v.model_version_id for v in served.variants}.union(*answered.values())
+    kind = kind_of(_version_outputs(session, versions).values())
+    checked = _checked_labels(items, kind, batch=isinstance(body, FeedbackBatch))
     rows = [
         {
             "deployment": deployment,
             "request_id": item.request_id,
-            "labels": item.labels
-            if item.labels is not None
-            else (None if item.label is None else [item.label]),
+            "labels": checked[id(item)],
             "reward": item.reward,
             "created_at": utcnow(),
         }
@@ -45,8 +49,32 @@ def record_feedback(
     upsert(
         session, Feedback, rows, ["deployment", "request_id"], ["labels", "reward", "created_at"]
     )
-    matched = repository.known_request_ids(session, deployment, list(latest))
-    return FeedbackAccepted(accepted=len(rows), matched=len(matched))
+    return FeedbackAccepted(accepted=len(rows), matched=len(answered))
+
+
+def _checked_labels(
+    items: list[FeedbackItem], kind: LabelKind | None, *, batch: bool
+) -> dict[int, list[Any] | None]:
+    """Each item's labels as the model names its classes, keyed by id(item); every label the
+    model cannot have predicted is refused, all named at once."""
+    checked: dict[int, list[Any] | None] = {}
+    problems: list[tuple[list[int | str], str]] = []
+    for index, item in enumerate(items):
+        at: list[int | str] = ["body", "items", index] if batch else ["body"]
+        given = item.labels if item.labels is not None else [item.label]
+        if item.labels is None and item.label is None:
+            checked[id(item)] = None
+            continue
+        values = []
+        for position, label in enumerate(given):
+            loc = [*at, "labels", position] if item.labels is not None else [*at, "label"]
+            if kind is not None and not kind.accepts(label):
+                problems.append((loc, kind.problem(label)))
+            values.append(label if kind is None else kind.canonical(label))
+        checked[id(item)] = values
+    if problems:
+        raise invalid_fields(problems[:MAX_PROBLEMS])
+    return checked
 
 
 def _version_outputs(session: Session, version_ids: set[int]) -> dict[int, dict[str, Any]]:
@@ -109,39 +137,47 @@ def performance(
         if r.labels
     ]
     outputs = _version_outputs(session, {r.model_version_id for r in rows})
+    kinds = {version: kind_of([output]) for version, output in outputs.items()}
     groups: dict[tuple[str, datetime], dict[str, list[Any]]] = defaultdict(
         lambda: {"labels": [], "predictions": [], "probabilities": [], "version": []}
     )
+    ignored = 0
     for row in rows:
         predictions = (row.outputs or {}).get("predictions") or []
-        if len(predictions) != len(row.labels):
-            continue  # labels that do not line up with the rows answered are not evidence
+        kind = kinds.get(row.model_version_id)
+        if len(predictions) != len(row.labels) or (
+            kind is not None and not all(kind.accepts(v) for v in row.labels)
+        ):
+            ignored += 1  # labels the model could not have predicted are not evidence
+            continue
         group = groups[(row.variant, span.bucket(row.created_at))]
-        group["labels"].extend(row.labels)
+        group["labels"].extend(row.labels if kind is None else map(kind.canonical, row.labels))
         group["predictions"].extend(predictions)
         group["probabilities"].extend((row.outputs or {}).get("probabilities") or [])
         group["version"].append(row.model_version_id)
-    kind = "classification"
+    output_kind = "classification"
     points = []
     for (name, at), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
         output = outputs.get(group["version"][0], {})
-        kind = output.get("kind", "classification")
-        if kind == "regression":
+        output_kind = output.get("kind", "classification")
+        if output_kind == "regression":
             values = quality.regression(group["labels"], group["predictions"])
         else:
             complete = len(group["probabilities"]) == len(group["labels"])
+            seen = {str(v) for v in group["labels"] + group["predictions"]}
             values = quality.classification(
                 group["labels"],
                 group["predictions"],
                 group["probabilities"] if complete else None,
-                output.get("classes") or sorted({str(v) for v in group["labels"]}),
+                output.get("classes") or sorted(seen),
             )
         points.append(
             PerformancePoint(at=at, variant=name, labelled=len(group["labels"]), metrics=values)
         )
     return Performance(
         deployment=deployment,
-        kind=kind,
+        kind=output_kind,
+        ignored=ignored,
         start=span.start,
         end=span.end,
         step_seconds=int(span.step.total_seconds()),

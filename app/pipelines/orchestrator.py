@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, selectinload
 from app.core.db import utcnow
 from app.core.jobs import JobContext, job
 from app.core.outbox import enqueue
-from app.datasets.models import Dataset, DatasetVersion
+from app.datasets import service as datasets
+from app.datasets.models import DatasetVersion
 from app.events import service as events
 from app.events.types import EventType
 from app.pipelines import stages
@@ -130,13 +131,7 @@ def _pin_inputs(session: Session, run: PipelineRun, spec: TaskSpec) -> dict[str,
     if run.dataset_version_id is not None:
         version = session.get(DatasetVersion, run.dataset_version_id)
     elif isinstance(spec.params.get("dataset"), str):
-        version = session.scalar(
-            select(DatasetVersion)
-            .join(Dataset)
-            .where(Dataset.name == spec.params["dataset"])
-            .order_by(DatasetVersion.version.desc())
-            .limit(1)
-        )
+        version = datasets.latest_version(session, spec.params["dataset"])
     if version is None:
         return {"commit": run.commit}
     return {

@@ -145,7 +145,12 @@ def get_task_logs(
     request: Request,
     session: DbSession,
     _: Viewer,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0, le=service.MAX_LOG_OFFSET, description="Byte offset; past the end reads nothing."
+        ),
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10 * 1024 * 1024)] = 1024 * 1024,
 ) -> TaskLog:
     """The task's output; poll with `offset=next_offset` to follow it while it runs."""

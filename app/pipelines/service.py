@@ -15,15 +15,17 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.core.artifacts import ArtifactStore
 from app.core.db import utcnow
-from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.errors import Conflict, NotFound, Unprocessable, invalid_fields
 from app.core.outbox import enqueue
 from app.core.pagination import PageParams, keyset_page
+from app.datasets import service as datasets
 from app.datasets.models import DatasetVersion
 from app.events import service as events
 from app.events.types import EventType
+from app.ml.training import TrainingError, build_estimator
 from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun, TaskStatus
 from app.pipelines.schemas import PipelineCreate, PipelineUpdate
-from app.pipelines.spec import PipelineSpec
+from app.pipelines.spec import ALLOWED_ESTIMATORS, PipelineSpec
 
 ADVANCE_JOB = "pipelines.advance"
 EXECUTE_JOB = "pipelines.execute_task"
@@ -47,9 +49,42 @@ def next_fire(expression: str | None, after: datetime) -> datetime | None:
     return fire
 
 
+def check_train_tasks(session: Session, spec: PipelineSpec) -> None:
+    """What a run would find only when it trains, refused when the pipeline is written: a
+    hyperparameter the estimator does not have (or a value it refuses), and a target column
+    that the named dataset's latest version lacks (a dataset not uploaded yet is not judged)."""
+    problems: list[tuple[list[int | str], str]] = []
+    for index, task in enumerate(spec.tasks):
+        if task.type != "train":
+            continue
+        at: list[int | str] = ["body", "spec", "tasks", index, "params"]
+        params = task.params
+        if params.get("estimator"):
+            try:
+                build_estimator(
+                    params["estimator"], params.get("hyperparameters") or {}, ALLOWED_ESTIMATORS
+                )
+            except TrainingError as exc:
+                problems.append(([*at, "hyperparameters"], f"task {task.name!r}: {exc}"))
+        target, dataset = params.get("target"), params.get("dataset")
+        version = datasets.latest_version(session, dataset) if target and dataset else None
+        columns = [c["name"] for c in (version.schema.get("columns") or [])] if version else []
+        if version is not None and target not in columns:
+            problems.append(
+                (
+                    [*at, "target"],
+                    f"task {task.name!r}: target column {target!r} is not in dataset "
+                    f"{dataset!r} (version {version.version}); columns: {', '.join(columns)}",
+                )
+            )
+    if problems:
+        raise invalid_fields(problems)
+
+
 def create_pipeline(session: Session, data: PipelineCreate) -> Pipeline:
     if session.scalar(select(Pipeline.id).where(Pipeline.name == data.name)):
         raise Conflict(f"a pipeline named {data.name!r} already exists")
+    check_train_tasks(session, data.spec)
     schedule = validate_schedule(data.schedule)
     pipeline = Pipeline(
         name=data.name,
@@ -80,6 +115,7 @@ def update_pipeline(session: Session, name: str, data: PipelineUpdate) -> Pipeli
     if data.description is not None:
         pipeline.description = data.description
     if data.spec is not None:
+        check_train_tasks(session, data.spec)
         pipeline.spec = data.spec.model_dump(mode="json")
     if data.schedule is not None:
         pipeline.schedule = validate_schedule(data.schedule)
@@ -190,6 +226,9 @@ def log_path(store: ArtifactStore, run_id: int, task: str) -> Path:
     return store.root / "logs" / "pipeline-runs" / str(run_id) / f"{task}.log"
 
 
+MAX_LOG_OFFSET = 2**63 - 1  # what a file offset (off_t) can hold
+
+
 def read_log(
     session: Session, store: ArtifactStore, run_id: int, task: str, offset: int, limit: int
 ) -> tuple[str, int, bool]:
@@ -198,8 +237,8 @@ def read_log(
     if found is None:
         raise NotFound(f"pipeline run {run_id} has no task {task!r}")
     path = log_path(store, run_id, task)
-    if not path.exists():
-        return "", offset, found.status.terminal
+    if not path.exists() or offset >= path.stat().st_size:
+        return "", offset, found.status.terminal  # seeking far past the end is an OSError
     with path.open("rb") as handle:
         handle.seek(offset)
         chunk = handle.read(limit)

@@ -65,7 +65,9 @@ def train(ctx: JobContext, stage: StageInput, control: Control, workdir: Path) -
     excluded = list(params.get("exclude_columns") or [])
     with ctx.transaction() as session:
         parent, continue_from = _continue_from(ctx, session, params.get("continue_from"))
-        version = dataset_file(ctx, session, stage.inputs.get("dataset_version_id"))
+        version = dataset_file(
+            ctx, session, stage.inputs.get("dataset_version_id"), named=params.get("dataset")
+        )
         dataset_path, dataset_format = ctx.artifacts.resolve(version.uri), version.format
         experiment = _experiment(session, f"pipeline-{stage.pipeline}")
         code = (

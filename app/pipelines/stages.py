@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
 from app.core.db import utcnow
+from app.core.errors import NotFound
 from app.core.jobs import JobContext
 from app.core.processes import die_with_parent
 from app.core.secrets import decrypt
 from app.core.security import Role
+from app.datasets import service as datasets
 from app.datasets.models import DatasetVersion
 from app.pipelines.models import PipelineRun, TaskRun, TaskStatus
 from app.pipelines.service import log_path
@@ -230,7 +232,19 @@ def repo_config(source: Path | None) -> dict[str, Any]:
     return config
 
 
-def dataset_file(ctx: JobContext, session: Session, version_id: int | None) -> DatasetVersion:
+def dataset_file(
+    ctx: JobContext, session: Session, version_id: int | None, *, named: str | None = None
+) -> DatasetVersion:
+    """The version pinned when the task was queued; `named` is the task's params.dataset, to
+    say why none was pinned."""
+    if version_id is None and named:
+        try:
+            datasets.latest_version_or_raise(session, named)
+        except NotFound as exc:
+            raise StageFailed(exc.message) from None
+        raise StageFailed(
+            f"dataset {named!r} had no version when this task was queued; run the pipeline again"
+        )
     if version_id is None:
         raise StageFailed(
             "no training data: set params.dataset, or trigger the pipeline from a data source"

@@ -7,7 +7,7 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from app.core.artifacts import ArtifactStore
-from app.core.durations import parse_duration
+from app.core.durations import BODY, parse_duration
 from app.core.errors import Unprocessable
 from app.datasets import service as datasets
 from app.deployments.models import Deployment
@@ -44,7 +44,7 @@ def replayable_triggers(policy: RetrainingPolicy) -> dict[str, Any]:
 
 
 def _span(value: str | int, name: str) -> Any:
-    return value if isinstance(value, int) else parse_duration(value, name)
+    return value if isinstance(value, int) else parse_duration(value, name, where=BODY)
 
 
 def run(
@@ -99,7 +99,11 @@ def run(
             if alt.window is not None
             else policy.window
         )
-        cooldown = parse_duration(alt.cooldown, "cooldown") if alt.cooldown else None
+        cooldown = (
+            parse_duration(alt.cooldown, "cooldown", where=["body", "alternatives", index])
+            if alt.cooldown
+            else None
+        )
         alternatives.append(
             backtest.Alternative(
                 name=alt.name,

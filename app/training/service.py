@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
 from app.core.db import utcnow
-from app.core.durations import parse_duration
+from app.core.durations import BODY, parse_duration
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.pagination import PageParams, keyset_page
 from app.datasets import service as datasets
@@ -64,7 +64,9 @@ def normalize_window(window: dict[str, Any], loc: list[str | int]) -> dict[str, 
     if "period" in body:
         if "seconds" in body:
             raise Unprocessable("give `period` or `seconds`, not both", details={"loc": loc})
-        body["seconds"] = parse_duration(str(body.pop("period")), "period").total_seconds()
+        body["seconds"] = parse_duration(
+            str(body.pop("period")), "period", where=loc
+        ).total_seconds()
     try:
         return windows.spec_to_dict(windows.spec_from_dict(body))
     except ValueError as exc:
@@ -116,7 +118,7 @@ def _check_triggers(session: Session, triggers: Triggers, version: ModelVersion)
     if triggers.schedule is not None:
         pipelines.validate_schedule(triggers.schedule.cron)
     if triggers.performance is not None:
-        parse_duration(triggers.performance.window, "triggers.performance.window")
+        parse_duration(triggers.performance.window, "triggers.performance.window", where=BODY)
     if triggers.drift is not None and triggers.drift.features:
         known = {c["name"] for c in (version.signature or {}).get("inputs", [])}
         unknown = [f for f in triggers.drift.features if f not in known]
@@ -217,7 +219,7 @@ def create(session: Session, data: PolicyCreate, *, by: Principal) -> Retraining
         window=normalize_window(data.window, ["body", "window"]),
         data=data.data.model_dump(mode="json"),
         training=data.training.model_dump(mode="json"),
-        cooldown_seconds=int(parse_duration(data.cooldown, "cooldown").total_seconds()),
+        cooldown_seconds=int(parse_duration(data.cooldown, "cooldown", where=BODY).total_seconds()),
         promote=data.promote,
         enabled=data.enabled,
         created_by=by.name,
@@ -262,7 +264,9 @@ def update(
     if "training" in fields and data.training is not None:
         policy.training = data.training.model_dump(mode="json")
     if "cooldown" in fields and data.cooldown is not None:
-        policy.cooldown_seconds = int(parse_duration(data.cooldown, "cooldown").total_seconds())
+        policy.cooldown_seconds = int(
+            parse_duration(data.cooldown, "cooldown", where=BODY).total_seconds()
+        )
     for flag in ("promote", "enabled"):
         if flag in fields and getattr(data, flag) is not None:
             setattr(policy, flag, getattr(data, flag))

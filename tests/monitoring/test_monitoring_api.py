@@ -6,6 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.db import unit_of_work
+from app.monitoring.models import Feedback
 from tests.deployments import traffic
 
 URL = "/api/v1/deployments/churn"
@@ -115,3 +117,75 @@ def test_fairness_by_a_logged_input_column(
     assert groups["Paris"]["tpr"] == 0.5 and groups["Paris"]["fpr"] == 0.5
     missing = api.get(f"{URL}/fairness", params={"attribute": "gender"})
     assert missing.status_code == 422 and "city" in missing.json()["error"]["message"]
+
+
+def test_feedback_labels_must_be_the_models_classes_and_all_bad_ones_are_named(
+    api: TestClient, deployed: None, session_factory: sessionmaker[Session]
+) -> None:
+    ids = traffic.record(session_factory, "churn", "blue", 4, predictions=[1])
+    one = api.post(f"{URL}/feedback", json={"request_id": ids[0], "label": 7})
+    assert one.status_code == 422, one.text
+    assert one.json()["error"]["details"][0]["loc"] == ["body", "label"]
+    assert "7 is not one of the model's classes [0, 1]" in one.json()["error"]["message"]
+    items = [
+        {"request_id": ids[0], "label": 1},
+        {"request_id": ids[1], "label": "yes"},
+        {"request_id": ids[2], "labels": [0]},
+        {"request_id": ids[3], "label": 1.5},
+        {"request_id": "later", "labels": [1, True]},
+    ]
+    batch = api.post(f"{URL}/feedback", json={"items": items})
+    assert batch.status_code == 422, batch.text
+    details = batch.json()["error"]["details"]
+    assert [d["loc"] for d in details] == [
+        ["body", "items", 1, "label"],
+        ["body", "items", 3, "label"],
+        ["body", "items", 4, "labels", 1],
+    ]
+    assert details[0]["field"] == "body.items[1].label"
+    assert all("[0, 1]" in d["message"] for d in details)
+    body = api.get(f"{URL}/performance", params={"window": "1d", "step": "1d"}).json()
+    assert body["points"] == []  # nothing of the refused batch was written
+
+
+def test_feedback_labels_are_stored_as_the_model_names_its_classes(
+    api: TestClient, deployed: None, session_factory: sessionmaker[Session]
+) -> None:
+    ids = traffic.record(session_factory, "churn", "blue", 4, predictions=[1])
+    label(api, ids, [1.0, "1", 1, 0])  # 1.0 and "1" are class 1
+    body = api.get(f"{URL}/performance", params={"window": "1d", "step": "1d"}).json()
+    [point] = body["points"]
+    assert point["labelled"] == 4 and point["metrics"]["accuracy"] == 0.75
+
+
+def test_performance_leaves_out_stored_labels_the_model_cannot_predict(
+    api: TestClient, deployed: None, session_factory: sessionmaker[Session]
+) -> None:
+    """Rows written before labels were checked: reported as ignored, never a 500."""
+    good = traffic.record(session_factory, "churn", "blue", 4, predictions=[1])
+    label(api, good, [1, 1, 1, 0])
+    bad = traffic.record(session_factory, "churn", "blue", 3, predictions=[1])
+    with unit_of_work(session_factory) as session:
+        for request_id, stored in zip(bad, [[7], ["yes"], [1.5]], strict=True):
+            session.add(Feedback(deployment="churn", request_id=request_id, labels=stored))
+    answer = api.get(f"{URL}/performance", params={"window": "1d", "step": "1d"})
+    assert answer.status_code == 200, answer.text
+    [point] = answer.json()["points"]
+    assert answer.json()["ignored"] == 3
+    assert point["labelled"] == 4 and point["metrics"]["accuracy"] == 0.75
+
+
+def test_a_bad_duration_is_located_where_it_was_sent(api: TestClient, deployed: None) -> None:
+    rule = {"name": "x", "deployment": "churn", "metric": "error_rate", "operator": ">"}
+    created = api.post("/api/v1/alert-rules", json=rule | {"threshold": 0.1}).json()
+    sent = [
+        api.post("/api/v1/alert-rules", json=rule | {"threshold": 0.1, "window": "forever"}),
+        api.patch(f"/api/v1/alert-rules/{created['id']}", json={"window": "soon"}),
+        api.post(f"{URL}/drift-reports", json={"window": "a while"}),
+        api.put(f"{URL}/drift-schedule", json={"cron": "0 * * * *", "window": "daily"}),
+    ]
+    for answer in sent:
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["details"]["loc"] == ["body", "window"], answer.text
+    query = api.get(f"{URL}/performance", params={"window": "soon"})
+    assert query.json()["error"]["details"]["loc"] == ["query", "window"]

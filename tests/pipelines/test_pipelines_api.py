@@ -1,13 +1,16 @@
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
 from app.pipelines.models import Pipeline
+from app.pipelines.service import log_path
 from tests.conftest import InlineJobs
-from tests.pipelines.helpers import ci_spec
+from tests.pipelines.helpers import ci_spec, upload_churn
 
 
 def test_create_get_and_graph(api: TestClient) -> None:
@@ -126,3 +129,83 @@ def test_missing_things(api: TestClient) -> None:
     )
     assert api.post("/api/v1/pipelines/p/runs", json={"source": "nope"}).status_code == 404
     assert api.post("/api/v1/pipelines", json={"name": "p", "spec": ci_spec()}).status_code == 409
+
+
+def test_log_offsets_are_bounded_and_past_the_end_reads_nothing(
+    api: TestClient, app: FastAPI
+) -> None:
+    api.post("/api/v1/pipelines", json={"name": "p", "spec": ci_spec()})
+    run = api.post("/api/v1/pipelines/p/runs", json={}).json()
+    path = log_path(app.state.artifacts, run["id"], "train")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"hello log\n")
+    url = f"/api/v1/pipeline-runs/{run['id']}/tasks/train/logs"
+    assert api.get(url, params={"offset": 6}).json()["text"] == "log\n"
+    huge = api.get(url, params={"offset": "99999999999999999999"})
+    assert huge.status_code == 422, huge.text
+    assert huge.json()["error"]["details"][0]["loc"] == ["query", "offset"]
+    for offset in (2**63 - 1, 10**15):  # in range but far past the end: nothing, no OSError
+        far = api.get(url, params={"offset": offset})
+        assert far.status_code == 200, far.text
+        assert far.json()["text"] == "" and far.json()["next_offset"] == offset
+
+
+def train_spec(**params: Any) -> dict[str, Any]:
+    spec = ci_spec(entrypoint=False)
+    spec["tasks"][0]["params"] |= params
+    return spec
+
+
+def test_hyperparameters_are_checked_against_the_estimator_when_the_pipeline_is_written(
+    api: TestClient,
+) -> None:
+    answer = api.post(
+        "/api/v1/pipelines",
+        json={"name": "p", "spec": train_spec(hyperparameters={"max_iters": 500})},
+    )
+    assert answer.status_code == 422, answer.text
+    [detail] = answer.json()["error"]["details"]
+    assert detail["loc"] == ["body", "spec", "tasks", 0, "params", "hyperparameters"]
+    assert "unknown hyperparameter 'max_iters' for LogisticRegression" in detail["message"]
+    assert "max_iter," in detail["message"] and "C," in detail["message"]  # the valid ones
+    refused = api.post(
+        "/api/v1/pipelines", json={"name": "p", "spec": train_spec(hyperparameters={"C": -1})}
+    )
+    assert refused.status_code == 422 and "'C'" in refused.json()["error"]["message"]
+    assert (
+        api.post("/api/v1/pipelines", json={"name": "p", "spec": train_spec()}).status_code == 201
+    )
+    patched = api.patch(
+        "/api/v1/pipelines/p", json={"spec": train_spec(hyperparameters={"depth": 3})}
+    )
+    assert patched.status_code == 422 and "'depth'" in patched.json()["error"]["message"]
+    assert api.get("/api/v1/pipelines/p").json()["spec"]["tasks"][0]["params"][
+        "hyperparameters"
+    ] == {"max_iter": 500}
+
+
+def test_the_target_is_checked_against_the_dataset_when_it_is_known(api: TestClient) -> None:
+    unknown_yet = api.post(
+        "/api/v1/pipelines", json={"name": "early", "spec": train_spec(target="churn")}
+    )
+    assert unknown_yet.status_code == 201  # the dataset may be uploaded later: not judged
+    upload_churn(api)
+    answer = api.post("/api/v1/pipelines", json={"name": "p", "spec": train_spec(target="churn")})
+    assert answer.status_code == 422, answer.text
+    [detail] = answer.json()["error"]["details"]
+    assert detail["loc"] == ["body", "spec", "tasks", 0, "params", "target"]
+    assert "target column 'churn' is not in dataset 'churn'" in detail["message"]
+    assert "churned" in detail["message"]  # the columns there are
+
+
+def test_a_train_task_naming_an_unknown_dataset_says_so_and_what_exists(
+    api: TestClient, jobs: InlineJobs
+) -> None:
+    upload_churn(api)
+    api.post("/api/v1/pipelines", json={"name": "p", "spec": train_spec(dataset="chrun")})
+    run = api.post("/api/v1/pipelines/p/runs", json={}).json()
+    jobs.run()
+    train = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()["tasks"][0]
+    assert train["status"] == "failed", train
+    assert "dataset 'chrun' does not exist (did you mean 'churn'?)" in train["error"]
+    assert "set params.dataset" not in train["error"]

@@ -120,12 +120,12 @@ def test_repo_entrypoint_and_cache(api: TestClient, jobs: InlineJobs, tmp_path: 
 def test_failure_retries_with_backoff_then_fails_downstream(
     api: TestClient, jobs: InlineJobs
 ) -> None:
-    upload_churn(api)
     spec = ci_spec(entrypoint=False)
     spec["tasks"][0]["params"]["target"] = "no_such_column"
     spec["tasks"][0]["retries"] = 1
     spec["tasks"][0]["retry_backoff_seconds"] = 0.1
-    create(api, "broken", spec)
+    create(api, "broken", spec)  # before the data exists, so the target is judged at run time
+    upload_churn(api)
     run = api.post("/api/v1/pipelines/broken/runs", json={}).json()
     jobs.run()
     done = api.get(f"/api/v1/pipeline-runs/{run['id']}").json()

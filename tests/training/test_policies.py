@@ -338,3 +338,20 @@ def test_a_dynamic_window_can_start_where_the_drift_reports_turned(
         },
     )
     assert refused.status_code == 422 and "min_rows" in refused.json()["error"]["message"]
+
+
+def test_a_bad_duration_in_a_policy_is_located_in_the_body(served: TestClient) -> None:
+    bodies = [
+        ({"cooldown": "soon"}, ["body", "cooldown"]),
+        ({"window": {"kind": "period", "period": "a month"}}, ["body", "window", "period"]),
+        (
+            {"triggers": {"performance": {"metric": "accuracy", "below": 0.8, "window": "x"}}},
+            ["body", "triggers", "performance", "window"],
+        ),
+    ]
+    for body, loc in bodies:
+        reply = served.post(
+            URL, json={"name": "bad", "deployment": "churn", "pipeline": "retrain", **body}
+        )
+        assert reply.status_code == 422, reply.text
+        assert reply.json()["error"]["details"]["loc"] == loc, reply.text
