@@ -109,6 +109,36 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *extra: str) -> 
     raise AssertionError(f"the worker did not start:\n{process.output()}")
 
 
+def start_beat(env: dict[str, str], log_dir: Path) -> Process:
+    schedule = log_dir / "beat-schedule"
+    return Process(
+        [str(BIN / "celery"), "-A", "workers", "beat", "-l", "INFO", "-s", str(schedule)],
+        env,
+        log_dir / "beat.log",
+    )
+
+
+def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    """`flywheel gateway` as a process; returned once it has reconciled and is ready."""
+    port = free_port()
+    process = Process(
+        [str(BIN / "flywheel"), "gateway", "--port", str(port)],
+        env,
+        log_dir / f"gateway-{port}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.popen.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.stop()
+    raise AssertionError(f"the gateway did not start:\n{process.output()}")
+
+
 def admin_token(url: str) -> str:
     """An admin token in the database the processes will use."""
     engine = create_db_engine(url)
