@@ -43,6 +43,13 @@ def run(workdir, seconds=8, **kwargs):
     return "slept"
 
 
+def hold(workdir, release, **kwargs):
+    # runs until the test lets it finish: no race between the task and a slow machine
+    while not os.path.exists(release):
+        time.sleep(0.2)
+    return "released"
+
+
 def tick(workdir, path, seconds=3600, **kwargs):
     # a side effect the test can watch: its pid, then a line every 0.2 s until stopped
     with open(path, "a") as out:
@@ -126,7 +133,8 @@ def test_worker_killed_mid_task_the_run_still_completes(database: str, tmp_path:
     headers = {"Authorization": f"Bearer {admin_token(database)}"}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
-            prepare(http, repo_url, seconds=8)
+            release = tmp_path / "release"  # the task holds until it exists
+            prepare(http, repo_url, function="slow:hold", release=str(release))
             run = start_running(http, commit, first)
             second = start_worker(env, tmp_path, "second", "-P", "prefork", "-c", "1")
             time.sleep(1)
@@ -137,10 +145,11 @@ def test_worker_killed_mid_task_the_run_still_completes(database: str, tmp_path:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             first.popen.wait()
-            done = wait_run(http, run["id"], timeout=120)
+            release.touch()  # only now may an attempt finish: the retry, on the survivor
+            done = wait_run(http, run["id"], timeout=300)
             assert done["status"] == "succeeded", (done, second.output(), beat.output())
             task = done["tasks"][0]
-            assert task["attempts"] >= 2 and task["outputs"]["return"] == "slept"
+            assert task["attempts"] >= 2 and task["outputs"]["return"] == "released"
             # the attempt that succeeded ran on the surviving worker
             ran = re.compile(r"Task pipelines\.execute_task\[\S+\] succeeded in")
             assert ran.search(second.output()), second.output()
