@@ -150,7 +150,7 @@ def test_a_canary_that_raises_is_rolled_back_by_itself(stack: dict[str, Any]) ->
         run_job(stack["jobs"].ctx, ADVANCE_JOB, {})
         return str(api.get("/api/v1/deployments/risky/rollouts").json()["items"][0]["state"])
 
-    wait_for(lambda: state() == "rolled_back", timeout=30, message="no automatic rollback")
+    wait_for(lambda: state() == "rolled_back", message="no automatic rollback")
     rollout = api.get("/api/v1/deployments/risky/rollouts").json()["items"][0]
     assert "error rate" in rollout["reason"]
     assert rollout["decisions"][-1]["numbers"]["candidate"]["errors"] > 0
