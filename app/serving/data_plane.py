@@ -27,7 +27,7 @@ from app.serving.asgi import (
     send_json,
 )
 from app.serving.protocol import Reply
-from app.serving.routing import choose
+from app.serving.routing import Lane, choose, stand_in
 from app.serving.served import Answer, Served
 
 if TYPE_CHECKING:
@@ -98,12 +98,8 @@ async def serve(
     except RecursionError:
         message = "the body's JSON is nested too deeply; send rows of plain values"
         return protocol.error(400, "invalid_json", message, request_id)
-    lane = choose(deployment, served.lanes, _unit(served, headers, payload), gateway.rng)
-    reply_headers = {
-        "X-Request-Id": request_id,
-        "X-Flywheel-Variant": lane.name,
-        "X-Flywheel-Model-Version": f"{lane.model}/{lane.version}",
-    }
+    unit = _unit(served, headers, payload)
+    lane = choose(deployment, served.lanes, unit, gateway.rng)
     try:
         if kind == "v2":
             payload = protocol.from_v2(payload)
@@ -112,18 +108,19 @@ async def serve(
         answer = Answer(422, {"error": {"code": "invalid_input", "message": exc.message}}, None)
         gateway._observe(served, lane, request_id, answer, started, None)
         return protocol.error(
-            422, "invalid_input", exc.message, request_id, exc.details, reply_headers
+            422, "invalid_input", exc.message, request_id, exc.details, _named(request_id, lane)
         )
     if kind == "explain":
-        answer = await gateway.forward(served, lane, payload, "/explain")
+        lane, answer = await _answer(gateway, served, lane, unit, payload, "/explain", None)
         body = {"request_id": request_id, "variant": lane.name, **answer.body}
-        return Reply(answer.status, body, reply_headers)
+        return Reply(answer.status, body, _named(request_id, lane, answer))
     wire = raw if kind == "flywheel" else None  # forwarded as received, not re-encoded
     for other in served.lanes:
         if other is not lane and (other.mode == "shadow" or other.mirror):
             gateway.spawn(gateway.mirror(served, other, payload, request_id, wire))
-    answer = await gateway.forward(served, lane, payload, raw=wire)
+    lane, answer = await _answer(gateway, served, lane, unit, payload, "/predict", wire)
     gateway._observe(served, lane, request_id, answer, started, wire or payload)
+    reply_headers = _named(request_id, lane, answer)
     if answer.status != 200:
         return Reply(answer.status, answer.body, reply_headers)
     body = {
@@ -135,6 +132,60 @@ async def serve(
         **answer.body,
     }
     return Reply(200, protocol.to_v2(body, request_id) if kind == "v2" else body, reply_headers)
+
+
+async def _answer(
+    gateway: "Gateway",
+    served: Served,
+    lane: Lane,
+    unit: str | None,
+    payload: Any,
+    path: str,
+    raw: bytes | None,
+) -> tuple[Lane, Answer]:
+    """The chosen variant answers; when none of its replicas can (it was retired while the
+    request waited, as the baseline is when a rollout completes, or none came up in time),
+    a variant that serves takes the request instead, if its signature accepts the rows.
+    A 503 only when no variant of the deployment can serve."""
+    tried = [lane]
+    answer = await gateway.forward(served, lane, payload, path, raw)
+    while answer.unserved:
+        gone = gateway.served.get(served.name) is not served  # deleted meanwhile
+        others = [] if gone else [o for o in served.lanes if all(o is not t for t in tried)]
+        fallback = stand_in(
+            served.name, [o for o in others if _accepts(o, payload)], unit, gateway.rng
+        )
+        if fallback is None:
+            names = ", ".join(t.name for t in tried)
+            message = (
+                f"no variant of {served.name!r} has a replica that can take the request "
+                f"(tried {names}); retry shortly"
+            )
+            return lane, Answer(
+                503, protocol.error_body("no_replica", message), None, unserved=True
+            )
+        tried.append(fallback)
+        lane = fallback
+        answer = await gateway.forward(served, lane, payload, path, raw)
+    return lane, answer
+
+
+def _accepts(lane: Lane, payload: Any) -> bool:
+    try:
+        check_payload(payload, lane.signature)
+    except InputError:
+        return False
+    return True
+
+
+def _named(request_id: str, lane: Lane, answer: Answer | None = None) -> dict[str, str]:
+    """The reply's headers: the request, and the variant and version that answered it."""
+    named = {
+        "X-Request-Id": request_id,
+        "X-Flywheel-Variant": lane.name,
+        "X-Flywheel-Model-Version": f"{lane.model}/{lane.version}",
+    }
+    return named | RETRY_SOON if answer is not None and answer.unserved else named
 
 
 def new_request_id() -> str:

@@ -134,6 +134,7 @@ class Gateway:
             if name not in wanted:
                 served = self.served.pop(name)
                 for lane in served.lanes:
+                    lane.retired = True  # requests it holds stop waiting; none starts a replica
                     self.telemetry.forget(name, lane.name)
                 self.stop(served)
         for name, target in wanted.items():
@@ -366,7 +367,8 @@ class Gateway:
             replica = await self._ready_replica(served, lane)
             if replica is None:
                 message = f"variant {lane.name} has no ready replica"
-                return Answer(503, {"error": {"code": "no_replica", "message": message}}, None)
+                body = {"error": {"code": "no_replica", "message": message}}
+                return Answer(503, body, None, unserved=True)
             replica.in_flight += 1
             try:
                 status, answered = await self.hop.request(replica.port, "POST", path, content)

@@ -55,6 +55,19 @@ def choose(deployment: str, lanes: Sequence[Lane], unit: str | None, rng: random
     return live[-1]
 
 
+def stand_in(
+    deployment: str, lanes: Sequence[Lane], unit: str | None, rng: random.Random
+) -> Lane | None:
+    """The variant to take a request its chosen variant could not serve (retired while the
+    request waited, or no replica came up): a live, weighted, not retired one, preferring
+    those with a ready replica, by the same sticky choice; None when no variant can."""
+    serving = [lane for lane in lanes if lane.mode == "live" and lane.weight > 0]
+    serving = [lane for lane in serving if not lane.retired]
+    ready = [lane for lane in serving if any(r.ready for r in lane.replicas)]
+    pool = ready or serving
+    return choose(deployment, pool, unit, rng) if pool else None
+
+
 def least_outstanding(replicas: Sequence[Replica], rng: random.Random) -> Replica | None:
     ready = [r for r in replicas if r.ready]
     if not ready:

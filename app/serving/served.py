@@ -10,11 +10,13 @@ from app.serving.routing import Lane
 
 @dataclass
 class Answer:
-    """What a replica answered (or the gateway in its place), and which replica."""
+    """What a replica answered (or the gateway in its place), and which replica.
+    `unserved`: no replica of the variant could take the request (another variant may)."""
 
     status: int
     body: dict[str, Any]
     replica: int | None
+    unserved: bool = False
 
 
 @dataclass

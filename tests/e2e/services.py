@@ -16,6 +16,8 @@ from app.core.db import create_db_engine, create_session_factory, unit_of_work
 from app.core.security import Role
 
 BIN = Path(sys.executable).parent
+# how long a process may take to start: generous, for a machine whose cores are all busy
+STARTUP_SECONDS = 180.0
 
 
 def free_port() -> int:
@@ -53,7 +55,8 @@ class Process:
         self.popen = subprocess.Popen(args, env=env, stdout=self.handle, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        self.handle.flush()
+        if not self.handle.closed:
+            self.handle.flush()
         return self.log.read_text()
 
     def stop(self, timeout: float = 15) -> None:
@@ -72,10 +75,10 @@ def start_api(env: dict[str, str], log_dir: Path, *extra: str) -> tuple[Process,
     args = [str(BIN / "flywheel"), "api", "--port", str(port), *extra]
     process = Process(args, env, log_dir / f"api-{port}.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # generous: the whole stack imports on a loaded host
+    deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                 return process, url
         except httpx.TransportError:
             time.sleep(0.1)
@@ -98,7 +101,7 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *extra: str) -> 
         *extra,
     ]
     process = Process(args, env, log_dir / f"worker-{name}.log")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if "ready." in process.output():
             return process
@@ -107,6 +110,36 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str, *extra: str) -> 
         time.sleep(0.2)
     process.stop()
     raise AssertionError(f"the worker did not start:\n{process.output()}")
+
+
+def start_beat(env: dict[str, str], log_dir: Path) -> Process:
+    schedule = log_dir / "beat-schedule"
+    return Process(
+        [str(BIN / "celery"), "-A", "workers", "beat", "-l", "INFO", "-s", str(schedule)],
+        env,
+        log_dir / "beat.log",
+    )
+
+
+def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    """`flywheel gateway` as a process; returned once it has reconciled and is ready."""
+    port = free_port()
+    process = Process(
+        [str(BIN / "flywheel"), "gateway", "--port", str(port)],
+        env,
+        log_dir / f"gateway-{port}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline and process.popen.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.stop()
+    raise AssertionError(f"the gateway did not start:\n{process.output()}")
 
 
 def admin_token(url: str) -> str:

@@ -98,7 +98,7 @@ def stack(
         engine.dispose()
 
 
-def wait_ready(base: str, app: Any, timeout: float = 90) -> None:
+def wait_ready(base: str, app: Any, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         served = app.state.gateway.served.get("churn")
@@ -119,7 +119,7 @@ def rows(frame: Any, n: int = 5) -> list[dict[str, Any]]:
     ]
 
 
-def wait_for(condition: Any, timeout: float = 60, message: str = "condition not met") -> None:
+def wait_for(condition: Any, timeout: float = 180, message: str = "condition not met") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, message

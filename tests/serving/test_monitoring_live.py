@@ -183,7 +183,7 @@ def test_traffic_feedback_metrics_quality_fairness_drift_alerts_and_webhooks(
         assert api.get("/api/v1/alerts", params={"state": "resolved"}).json()["items"]
 
         jobs.run()  # deliveries, with the retry after the 500
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180
         while len(target.received) < 3 and time.monotonic() < deadline:
             jobs.run()
             time.sleep(0.1)

@@ -1,6 +1,6 @@
 import random
 
-from app.serving.routing import Lane, Replica, bucket, choose, least_outstanding
+from app.serving.routing import Lane, Replica, bucket, choose, least_outstanding, stand_in
 
 
 def lanes() -> list[Lane]:
@@ -37,3 +37,16 @@ def test_least_outstanding_skips_unready_and_busy() -> None:
     ]
     assert least_outstanding(replicas, rng).port == 3  # type: ignore[union-attr]
     assert least_outstanding([Replica(4)], rng) is None
+
+
+def test_a_stand_in_is_a_serving_variant_with_a_ready_replica_first() -> None:
+    rng = random.Random(4)
+    _, green, mirror = lanes()
+    assert stand_in("d", [green, mirror], None, rng) is green  # never a shadow
+    waiting = Lane("teal", 50, "live", 3, 3, "m", {}, replicas=[Replica(5)])
+    green.replicas = [Replica(6, ready=True)]
+    picked = [stand_in("d", [waiting, green], f"u{i}", rng) for i in range(50)]
+    assert all(lane is green for lane in picked)  # the sticky choice among those ready now
+    green.retired = True
+    assert stand_in("d", [green, mirror], None, rng) is None
+    assert stand_in("d", [waiting, green], None, rng) is waiting  # not ready, but it serves
