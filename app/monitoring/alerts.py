@@ -280,10 +280,25 @@ def _fire(
         f"{rule.name}: {rule.metric} = {value:.4g} {rule.operator} {rule.threshold:g} "
         f"on {deployment.name} (window {rule.window}, held {rule.for_seconds}s)"
     )
+    alert = _open_alert(session, deployment, rule, "firing", value, message, now)
+    events.record(
+        session, EventType.alert_fired, f"deployment:{deployment.name}", _payload(rule, alert)
+    )
+
+
+def _open_alert(
+    session: Session,
+    deployment: Deployment,
+    rule: AlertRule,
+    state: str,
+    value: float | None,
+    message: str,
+    now: datetime,
+) -> Alert:
     alert = Alert(
         rule_id=rule.id,
         deployment=deployment.name,
-        state="firing",
+        state=state,
         value=value,
         threshold=rule.threshold,
         message=message,
@@ -291,9 +306,7 @@ def _fire(
     )
     session.add(alert)
     session.flush()
-    events.record(
-        session, EventType.alert_fired, f"deployment:{deployment.name}", _payload(rule, alert)
-    )
+    return alert
 
 
 def _resolve(
@@ -328,17 +341,7 @@ def _cannot_evaluate(
             alert.message = message  # the same episode, the latest reason
         return
     rule.state, rule.error = "error", reason
-    alert = Alert(
-        rule_id=rule.id,
-        deployment=deployment.name,
-        state="error",
-        value=None,
-        threshold=rule.threshold,
-        message=message,
-        started_at=now,
-    )
-    session.add(alert)
-    session.flush()
+    alert = _open_alert(session, deployment, rule, "error", None, message, now)
     payload = _payload(rule, alert) | {"error": reason}
     events.record(session, EventType.alert_error, f"deployment:{deployment.name}", payload)
 

@@ -52,6 +52,10 @@ def plain(frame: pd.DataFrame) -> list[dict[str, Any]]:
 @pytest.fixture
 def served(api: TestClient, versions: None) -> TestClient:
     """churn v1 serving all of `churn` (staging), and a pipeline that retrains it."""
+    return serve_v1_with_retrain_pipeline(api)
+
+
+def serve_v1_with_retrain_pipeline(api: TestClient) -> TestClient:
     created = api.post(
         "/api/v1/deployments",
         json={

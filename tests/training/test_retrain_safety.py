@@ -22,7 +22,14 @@ from app.events.types import EventType, subscribable_patterns
 from tests.conftest import InlineJobs
 from tests.deployments.traffic import record
 from tests.registry.helpers import Registry
-from tests.training.conftest import Labelled, evaluations, frame, retrain_spec, tick
+from tests.training.conftest import (
+    Labelled,
+    evaluations,
+    frame,
+    retrain_spec,
+    serve_v1_with_retrain_pipeline,
+    tick,
+)
 
 URL = "/api/v1/policies"
 START = pd.Timestamp("2026-11-01", tz="UTC")
@@ -100,18 +107,7 @@ def stamped(api: TestClient, jobs: InlineJobs, tmp_path: Path) -> TestClient:
     assert v1["status"] == "ready", v1
     assert {"name": "ts", "type": "datetime", "nullable": False} in v1["signature"]["inputs"]
     api.put("/api/v1/models/churn/aliases/champion", json={"version": 1})
-    created = api.post(
-        "/api/v1/deployments",
-        json={
-            "name": "churn",
-            "variants": [{"name": "v1", "model": "churn/1"}],
-            "rollout": {"strategy": "all_at_once"},
-        },
-    )
-    assert created.status_code == 201, created.text
-    pipeline = api.post("/api/v1/pipelines", json={"name": "retrain", "spec": retrain_spec()})
-    assert pipeline.status_code == 201, pipeline.text
-    return api
+    return serve_v1_with_retrain_pipeline(api)
 
 
 def send_stamped(
