@@ -8,6 +8,7 @@ The budget (examples per operation) is bounded so that the suite stays within CI
 """
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,27 @@ def test_no_operation_answers_a_5xx_or_an_undocumented_status(
     assert len(reached) >= len(operations) // 3, sorted(reached)  # past validation, into the code
     report = "\n\n".join(f"{label}:\n{message}" for label, message in failures.items())
     assert not failures, f"{len(failures)} operations failed:\n{report}"
+
+
+def test_explicit_nulls_in_every_update_are_a_4xx_or_accepted_never_a_5xx(
+    api: TestClient, world: dict[str, Any]
+) -> None:
+    """`PATCH /alert-rules/{id}` with `{"threshold": null}` was a 500: every field of every
+    update body, sent as an explicit null on a thing that exists."""
+    document = api.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    answers: dict[str, int] = {}
+    for path, item in document["paths"].items():
+        operation = item.get("patch")
+        if operation is None:
+            continue
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        fields = schemas[ref.rsplit("/", 1)[1]]["properties"]
+        concrete = re.sub(r"\{([^}]+)\}", lambda m: str(world[m.group(1)]), path)
+        for field in fields:
+            answer = api.patch(concrete, json={field: None})
+            answers[f"PATCH {path} {field}=null"] = answer.status_code
+            assert answer.status_code < 500, (path, field, answer.text)
+            if answer.status_code >= 400:
+                assert answer.json()["error"]["message"], answer.text
+    assert len(answers) > 20  # every update's fields, not a corner of them
