@@ -94,6 +94,7 @@ def create_pipeline_run(
     name: str, body: RunRequest, session: DbSession, principal: Editor
 ) -> PipelineRunRead:
     pipeline = service.get_or_raise(session, name)
+    service.check_run_params(session, pipeline, body.params)
     repo_url, git_source_id, branch = None, None, body.branch
     if body.source is not None:
         git = sources.get_git_or_raise(session, body.source)

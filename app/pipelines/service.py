@@ -25,7 +25,7 @@ from app.events.types import EventType
 from app.ml.training import TrainingError, build_estimator
 from app.pipelines.models import Pipeline, PipelineRun, RunStatus, TaskRun, TaskStatus
 from app.pipelines.schemas import PipelineCreate, PipelineUpdate
-from app.pipelines.spec import ALLOWED_ESTIMATORS, PipelineSpec
+from app.pipelines.spec import ALLOWED_ESTIMATORS, PipelineSpec, run_overrides
 
 ADVANCE_JOB = "pipelines.advance"
 EXECUTE_JOB = "pipelines.execute_task"
@@ -49,36 +49,62 @@ def next_fire(expression: str | None, after: datetime) -> datetime | None:
     return fire
 
 
+def _located(field: str, task_index: int, run_level: dict[str, Any]) -> list[int | str]:
+    """Where a train task's param came from: the run request's params, or the spec."""
+    if field in run_level:
+        return ["body", "params", field]
+    return ["body", "spec", "tasks", task_index, "params", field]
+
+
 def check_train_tasks(session: Session, spec: PipelineSpec) -> None:
     """What a run would find only when it trains, refused when the pipeline is written: a
     hyperparameter the estimator does not have (or a value it refuses), and a target column
     that the named dataset's latest version lacks (a dataset not uploaded yet is not judged)."""
+    problems = _train_task_problems(session, spec, {})
+    if problems:
+        raise invalid_fields(problems)
+
+
+def check_run_params(session: Session, pipeline: Pipeline, params: dict[str, Any]) -> None:
+    """The same for what a run is asked for with (its own hyperparameters, say): refused
+    before it starts. The stored spec was judged when it was written."""
+    spec = PipelineSpec.model_validate(pipeline.spec)
+    problems = [p for p in _train_task_problems(session, spec, params) if p[0][1] == "params"]
+    if problems:
+        raise invalid_fields(problems)
+
+
+def _train_task_problems(
+    session: Session, spec: PipelineSpec, overrides: dict[str, Any]
+) -> list[tuple[list[int | str], str]]:
     problems: list[tuple[list[int | str], str]] = []
     for index, task in enumerate(spec.tasks):
         if task.type != "train":
             continue
-        at: list[int | str] = ["body", "spec", "tasks", index, "params"]
-        params = task.params
+        run_level = run_overrides("train", task.params, overrides)
+        params = {**task.params, **run_level}
+
         if params.get("estimator"):
             try:
                 build_estimator(
                     params["estimator"], params.get("hyperparameters") or {}, ALLOWED_ESTIMATORS
                 )
             except TrainingError as exc:
-                problems.append(([*at, "hyperparameters"], f"task {task.name!r}: {exc}"))
+                problems.append(
+                    (_located("hyperparameters", index, run_level), f"task {task.name!r}: {exc}")
+                )
         target, dataset = params.get("target"), params.get("dataset")
         version = datasets.latest_version(session, dataset) if target and dataset else None
         columns = [c["name"] for c in (version.schema.get("columns") or [])] if version else []
         if version is not None and target not in columns:
             problems.append(
                 (
-                    [*at, "target"],
+                    _located("target", index, run_level),
                     f"task {task.name!r}: target column {target!r} is not in dataset "
                     f"{dataset!r} (version {version.version}); columns: {', '.join(columns)}",
                 )
             )
-    if problems:
-        raise invalid_fields(problems)
+    return problems
 
 
 def create_pipeline(session: Session, data: PipelineCreate) -> Pipeline:

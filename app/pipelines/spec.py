@@ -484,3 +484,21 @@ def cache_key(
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# Run params a task takes even when its spec leaves them out: tuned hyperparameters, and
+# what a retraining policy sets (the model to continue from, the columns to leave out, the
+# alias to register under).
+RUN_LEVEL_PARAMS: dict[str, frozenset[str]] = {
+    "train": frozenset({"hyperparameters", "continue_from", "exclude_columns"}),
+    "register": frozenset({"alias"}),
+}
+
+
+def run_overrides(
+    task_type: str, task_params: dict[str, Any], run_params: dict[str, Any]
+) -> dict[str, Any]:
+    """The run's params that a task takes: those its spec names, and the run-level ones of
+    its type (a train task's hyperparameters, continue_from, exclude_columns)."""
+    extra = RUN_LEVEL_PARAMS.get(task_type, frozenset())
+    return {k: v for k, v in run_params.items() if k in task_params or k in extra}

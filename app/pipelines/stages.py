@@ -28,7 +28,7 @@ from app.datasets import service as datasets
 from app.datasets.models import DatasetVersion
 from app.pipelines.models import PipelineRun, TaskRun, TaskStatus
 from app.pipelines.service import log_path
-from app.pipelines.spec import ALLOWED_ESTIMATORS, PipelineSpec
+from app.pipelines.spec import ALLOWED_ESTIMATORS, PipelineSpec, run_overrides
 from app.sources import gitops
 from app.sources.models import GitSource
 
@@ -93,15 +93,6 @@ class Control:
         return self.stop_reason is not None
 
 
-# Run params a task takes even when its spec leaves them out: tuned hyperparameters, and
-# what a retraining policy sets (the model to continue from, the columns to leave out, the
-# alias to register under).
-RUN_LEVEL_PARAMS: dict[str, frozenset[str]] = {
-    "train": frozenset({"hyperparameters", "continue_from", "exclude_columns"}),
-    "register": frozenset({"alias"}),
-}
-
-
 def stage_input(session: Session, run: PipelineRun, task: TaskRun) -> StageInput:
     spec = PipelineSpec.model_validate(run.spec)
     by_name = {t.name: t for t in spec.tasks}
@@ -111,8 +102,7 @@ def stage_input(session: Session, run: PipelineRun, task: TaskRun) -> StageInput
     }
     ancestors = _ancestors(spec, task.name)
     register = next((t.params.get("model") for t in spec.tasks if t.type == "register"), None)
-    extra = RUN_LEVEL_PARAMS.get(task.type, frozenset())
-    overrides = {k: v for k, v in run.params.items() if k in task_spec.params or k in extra}
+    overrides = run_overrides(task.type, task_spec.params, run.params)
     return StageInput(
         run_id=run.id,
         task_run_id=task.id,

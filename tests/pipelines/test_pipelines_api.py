@@ -184,6 +184,22 @@ def test_hyperparameters_are_checked_against_the_estimator_when_the_pipeline_is_
     ] == {"max_iter": 500}
 
 
+def test_hyperparameters_a_run_is_asked_for_with_are_checked_before_it_starts(
+    api: TestClient,
+) -> None:
+    assert (
+        api.post("/api/v1/pipelines", json={"name": "p", "spec": train_spec()}).status_code == 201
+    )
+    answer = api.post("/api/v1/pipelines/p/runs", json={"params": {"hyperparameters": {"Cc": 2}}})
+    assert answer.status_code == 422, answer.text
+    [detail] = answer.json()["error"]["details"]
+    assert detail["loc"] == ["body", "params", "hyperparameters"]
+    assert "unknown hyperparameter 'Cc'" in detail["message"]
+    assert api.get("/api/v1/pipeline-runs", params={"pipeline": "p"}).json()["items"] == []
+    fine = api.post("/api/v1/pipelines/p/runs", json={"params": {"hyperparameters": {"C": 2}}})
+    assert fine.status_code == 202, fine.text
+
+
 def test_the_target_is_checked_against_the_dataset_when_it_is_known(api: TestClient) -> None:
     unknown_yet = api.post(
         "/api/v1/pipelines", json={"name": "early", "spec": train_spec(target="churn")}
