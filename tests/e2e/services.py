@@ -159,3 +159,9 @@ def children(pid: int) -> list[int]:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(stat.parent.name))
     return found
+
+
+def private_redis_args(port: int, directory: Path, binary: str = "redis-server") -> list[str]:
+    """A redis-server of the test's own (never the machine's shared one), keeping nothing."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+            "no", "--dir", str(directory)]  # fmt: skip

@@ -25,6 +25,7 @@ from tests.e2e.services import (
     admin_token,
     children,
     free_port,
+    private_redis_args,
     redis_url,
     require_redis,
     service_env,
@@ -155,19 +156,7 @@ def test_broker_down_while_a_run_is_created_nothing_is_lost(database: str, tmp_p
     port = free_port()
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
-    redis_args = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(redis_dir),
-    ]
+    redis_args = private_redis_args(port, redis_dir)
     broker = f"redis://127.0.0.1:{port}/0"
 
     def start_redis() -> subprocess.Popen[bytes]:
